@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class ChargebackConfig(AppConfig):
+    name = "apps.chargeback"
+    label = "chargeback"
+    verbose_name = "Chargeback"

@@ -1,0 +1,149 @@
+"""The demo organisation: teams, projects, clusters, nodes, GPUs and one user per role.
+
+Seeding is idempotent: every row is found by its natural key and updated, so ``make demo`` can
+run any number of times.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.utils import timezone
+
+from apps.fleet.models import Cluster, Gpu, Node
+from apps.tenancy.models import Membership, Project, Team
+from apps.tenancy.roles import FINANCE_GROUP, FLEET_ADMINS_GROUP, role_groups_ensure
+
+DEMO_PASSWORD = "flopwatch-demo"  # noqa: S105 - printed by make demo on purpose
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    username: str
+    role: str
+    email: str
+
+
+DEMO_USERS = (
+    DemoUser("admin", "fleet admin", "admin@example.com"),
+    DemoUser("finance", "finance", "finance@example.com"),
+    DemoUser("owner", "project owner (llm-pretrain, llm-finetune)", "owner@example.com"),
+    DemoUser("member", "team member (vision)", "member@example.com"),
+)
+
+DEMO_TEAMS = {
+    "nlp": ("Language Models", "CC-1001"),
+    "vision": ("Computer Vision", "CC-1002"),
+    "research": ("Research", "CC-2001"),
+}
+DEMO_PROJECTS = {
+    "llm-pretrain": ("nlp", "LLM pre-training"),
+    "llm-finetune": ("nlp", "LLM fine-tuning"),
+    "rag-serving": ("nlp", "RAG serving"),
+    "detector-train": ("vision", "Detector training"),
+    "video-gen": ("vision", "Video generation"),
+    "labeling-infer": ("vision", "Auto-labeling inference"),
+    "protein-fold": ("research", "Protein folding"),
+    "rl-agents": ("research", "RL agents"),
+}
+
+
+_DEMO_NODE_GROUPS = (
+    # cluster, hostname prefix, first number, count, GPU model, memory MiB
+    ("alpha", "gpu-a", 1, 6, "NVIDIA H100 80GB HBM3", 81559),
+    ("alpha", "gpu-a", 7, 4, "NVIDIA A100-SXM4-80GB", 81920),
+    ("beta", "gpu-b", 1, 2, "NVIDIA A100-SXM4-80GB", 81920),
+    ("beta", "gpu-b", 3, 4, "NVIDIA L40S", 46068),
+)
+
+
+def demo_fleet_nodes() -> list[dict]:
+    """The demo fleet: 2 clusters, 16 nodes x 8 GPUs (H100, A100, L40S)."""
+    nodes = []
+    for cluster, prefix, first, count, model, mem in _DEMO_NODE_GROUPS:
+        for number in range(first, first + count):
+            hostname = f"{prefix}-{number:03d}"
+            gpus = [
+                {
+                    "uuid": demo_gpu_uuid(hostname=hostname, index=index),
+                    "index": index,
+                    "model": model,
+                    "mem_total_mib": mem,
+                }
+                for index in range(8)
+            ]
+            nodes.append({"cluster": cluster, "hostname": hostname, "gpus": gpus})
+    return nodes
+
+
+@transaction.atomic
+def demo_organisation_seed() -> dict[str, int]:
+    """Create or update the demo organisation; returns counts of what exists afterwards."""
+    role_groups_ensure()
+    teams = {}
+    for slug, (name, cost_center) in DEMO_TEAMS.items():
+        teams[slug], _ = Team.objects.update_or_create(
+            slug=slug, defaults={"name": name, "cost_center": cost_center}
+        )
+    projects = {}
+    for slug, (team_slug, name) in DEMO_PROJECTS.items():
+        projects[slug], _ = Project.objects.update_or_create(
+            slug=slug, defaults={"name": name, "team": teams[team_slug]}
+        )
+
+    now = timezone.now()
+    for spec in demo_fleet_nodes():
+        cluster, _ = Cluster.objects.get_or_create(
+            slug=spec["cluster"], defaults={"name": spec["cluster"].replace("-", " ").title()}
+        )
+        node, _ = Node.objects.update_or_create(
+            hostname=spec["hostname"],
+            defaults={"cluster": cluster, "sample_interval_s": spec.get("interval_s", 10)},
+        )
+        for gpu in spec["gpus"]:
+            Gpu.objects.update_or_create(
+                uuid=gpu["uuid"],
+                defaults={
+                    "node": node,
+                    "index": gpu["index"],
+                    "model_name": gpu["model"],
+                    "mem_total_mib": gpu["mem_total_mib"],
+                    "first_seen_at": now,
+                },
+            )
+
+    User = get_user_model()
+    users = {}
+    for demo_user in DEMO_USERS:
+        user, _ = User.objects.get_or_create(
+            username=demo_user.username, defaults={"email": demo_user.email}
+        )
+        user.set_password(DEMO_PASSWORD)
+        user.is_staff = demo_user.username in ("admin", "finance")
+        user.save()
+        users[demo_user.username] = user
+    users["admin"].groups.add(Group.objects.get(name=FLEET_ADMINS_GROUP))
+    users["finance"].groups.add(Group.objects.get(name=FINANCE_GROUP))
+    Membership.objects.get_or_create(
+        user=users["owner"], team=teams["nlp"], defaults={"role": Membership.Role.MEMBER}
+    )
+    projects["llm-pretrain"].owners.add(users["owner"])
+    projects["llm-finetune"].owners.add(users["owner"])
+    Membership.objects.get_or_create(
+        user=users["member"], team=teams["vision"], defaults={"role": Membership.Role.MEMBER}
+    )
+    return {
+        "teams": Team.objects.count(),
+        "projects": Project.objects.count(),
+        "clusters": Cluster.objects.count(),
+        "nodes": Node.objects.count(),
+        "gpus": Gpu.objects.count(),
+    }
+
+
+def demo_gpu_uuid(*, hostname: str, index: int) -> str:
+    return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{hostname}/{index}"))

@@ -1,0 +1,113 @@
+from django.contrib import admin, messages
+from django.db.models import Count
+
+from apps.fleet.models import Cluster, Gpu, Node, ServiceToken
+from apps.fleet.services import (
+    node_token_issue,
+    node_token_revoke,
+    service_token_create,
+    service_token_revoke,
+)
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "node_count", "created_at"]
+    search_fields = ["slug", "name"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_node_count=Count("nodes"))
+
+    @admin.display(ordering="_node_count", description="nodes")
+    def node_count(self, obj):
+        return obj._node_count
+
+
+class GpuInline(admin.TabularInline):
+    model = Gpu
+    fk_name = "node"
+    extra = 0
+    fields = ["index", "uuid", "model_name", "mem_total_mib", "mig_profile", "last_seen_at"]
+    readonly_fields = ["last_seen_at"]
+    show_change_link = True
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = [
+        "hostname",
+        "cluster",
+        "is_active",
+        "last_seen_at",
+        "agent_source",
+        "agent_version",
+        "sample_interval_s",
+        "token_prefix",
+    ]
+    list_filter = ["cluster", "is_active", "agent_source", "agent_version"]
+    search_fields = ["hostname"]
+    readonly_fields = ["token_prefix", "token_created_at", "last_seen_at", "created_at"]
+    list_select_related = ["cluster"]
+    inlines = [GpuInline]
+    actions = ["issue_token", "revoke_token"]
+
+    @admin.action(description="Issue a new token (shown once; revokes the old one)")
+    def issue_token(self, request, queryset):
+        for node in queryset:
+            token = node_token_issue(node=node)
+            self.message_user(
+                request,
+                f"Token for {node.hostname} (copy it now, it is not shown again): {token}",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Revoke token")
+    def revoke_token(self, request, queryset):
+        for node in queryset:
+            node_token_revoke(node=node)
+        self.message_user(request, f"Revoked {queryset.count()} node token(s).")
+
+
+@admin.register(Gpu)
+class GpuAdmin(admin.ModelAdmin):
+    list_display = [
+        "uuid",
+        "node",
+        "index",
+        "model_name",
+        "mem_total_mib",
+        "mig_profile",
+        "last_seen_at",
+    ]
+    list_filter = ["model_name", "node__cluster"]
+    search_fields = ["uuid", "node__hostname", "model_name"]
+    list_select_related = ["node"]
+    raw_id_fields = ["node", "mig_parent"]
+
+
+@admin.register(ServiceToken)
+class ServiceTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "token_prefix", "created_at", "last_used_at", "revoked_at"]
+    search_fields = ["name"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    fields = ["name", "token_prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["token_prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created, token = service_token_create(name=obj.name)
+        obj.pk = created.pk
+        self.message_user(
+            request,
+            f"Token for {obj.name} (copy it now, it is not shown again): {token}",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke")
+    def revoke(self, request, queryset):
+        for service_token in queryset:
+            service_token_revoke(service_token=service_token)
