@@ -18,7 +18,7 @@ from apps.fleet.models import Cluster, Gpu, Node
 from apps.tenancy.models import Membership, Project, Team
 from apps.tenancy.roles import FINANCE_GROUP, FLEET_ADMINS_GROUP, role_groups_ensure
 
-DEMO_PASSWORD = "flopwatch-demo"  # noqa: S105 - printed by make demo on purpose
+DEMO_PASSWORD = "flopwatch-demo"
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,144 @@ class RawSample(models.Model):
 
     def __str__(self) -> str:
         return f"gpu {self.gpu_id} @ {self.ts}"
+
+
+# --- Rollups ----------------------------------------------------------------------------------
+# Every rollup row is a bucket replaced whole on recompute (delete + insert in one transaction),
+# never incremented, so running a rollup twice, or after a crash, gives the same rows.
+# GPU-seconds are floats: activity x time is fractional; money is computed from them in
+# Decimal and rounded once, at the end.
+
+
+class RollupPending(models.Model):
+    """A 5-minute bucket of one GPU that must be (re)computed.
+
+    Written by every path that stores samples (in the same transaction as the samples) and by
+    allocation changes; the rollup task claims and deletes rows as it recomputes them.
+    """
+
+    pk = models.CompositePrimaryKey("gpu_id", "bucket")
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="+")
+    bucket = models.BigIntegerField(help_text="Bucket start, epoch seconds, a multiple of 300.")
+    marked_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"gpu {self.gpu_id} bucket {self.bucket}"
+
+
+class GpuRollup5m(models.Model):
+    """One GPU over one 5-minute bucket, whoever held it."""
+
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="rollups_5m")
+    bucket = models.BigIntegerField(help_text="Bucket start, epoch seconds, a multiple of 300.")
+    samples = models.IntegerField()
+    covered_s = models.FloatField(help_text="Seconds with data (each sample up to 2 intervals).")
+    missing_s = models.FloatField(help_text="Seconds of the bucket without data.")
+    allocated_s = models.FloatField(default=0, help_text="Seconds held by any allocation.")
+    busy_s = models.FloatField(help_text="Sum of activity x seconds over covered time.")
+    idle_s = models.FloatField(help_text="Covered seconds with activity below the idle threshold.")
+    mem_held_idle_s = models.FloatField(help_text="Idle seconds while holding > 1 GiB.")
+    util_mean = models.FloatField(null=True)
+    util_max = models.FloatField(null=True)
+    sm_active_mean = models.FloatField(null=True)
+    mem_used_mean_mib = models.FloatField(null=True)
+    mem_used_max_mib = models.FloatField(null=True)
+    power_mean_w = models.FloatField(null=True)
+    energy_j = models.FloatField(null=True)
+    activity_source = models.CharField(
+        max_length=10, blank=True, help_text="sm_active, util or mixed: where activity came from."
+    )
+
+    class Meta:
+        verbose_name = "GPU 5-minute rollup"
+        constraints = [
+            models.UniqueConstraint(fields=["gpu", "bucket"], name="gpurollup5m_gpu_bucket_unique")
+        ]
+        indexes = [models.Index(fields=["bucket"], name="gpurollup5m_bucket_idx")]
+
+    def __str__(self) -> str:
+        return f"gpu {self.gpu_id} @ {self.bucket}"
+
+
+class AllocationGpuHourly(models.Model):
+    """One GPU of one allocation over one hour: the basis of per-job numbers and chargeback."""
+
+    allocation = models.ForeignKey(
+        "tenancy.Allocation", on_delete=models.CASCADE, related_name="hourly"
+    )
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="+")
+    hour = models.BigIntegerField(help_text="Hour start, epoch seconds, a multiple of 3600.")
+    allocated_s = models.FloatField()
+    observed_s = models.FloatField(help_text="Allocated seconds with data.")
+    busy_s = models.FloatField()
+    idle_s = models.FloatField()
+    mem_held_idle_s = models.FloatField()
+
+    class Meta:
+        verbose_name = "allocation GPU hourly rollup"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["allocation", "gpu", "hour"], name="allocgpuhourly_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="allocgpuhourly_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"allocation {self.allocation_id} gpu {self.gpu_id} @ {self.hour}"
+
+
+class UsageDaily(models.Model):
+    """GPU-seconds of one project on one GPU model in one cluster over one UTC day.
+
+    Team totals are sums over the team's projects (a project belongs to one team); the
+    ``team`` column is stored so team pages need no join.
+    """
+
+    day = models.DateField()
+    team = models.ForeignKey("tenancy.Team", on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
+    cluster = models.ForeignKey("fleet.Cluster", on_delete=models.CASCADE, related_name="+")
+    gpu_model = models.CharField(max_length=200)
+    allocated_s = models.FloatField()
+    observed_s = models.FloatField()
+    busy_s = models.FloatField()
+    idle_s = models.FloatField()
+    mem_held_idle_s = models.FloatField()
+
+    class Meta:
+        verbose_name = "daily usage rollup"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "project", "cluster", "gpu_model"], name="usagedaily_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["day", "team"], name="usagedaily_day_team_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.gpu_model} {self.day}"
+
+
+class CapacityDaily(models.Model):
+    """Fleet capacity of one GPU model in one cluster over one UTC day, and how much of it
+    nobody held (capacity planning, platform cost)."""
+
+    day = models.DateField()
+    cluster = models.ForeignKey("fleet.Cluster", on_delete=models.CASCADE, related_name="+")
+    gpu_model = models.CharField(max_length=200)
+    capacity_s = models.FloatField(help_text="GPU-seconds of GPUs that existed that day.")
+    allocated_s = models.FloatField()
+    unallocated_s = models.FloatField()
+    busy_s = models.FloatField(default=0)
+
+    class Meta:
+        verbose_name = "daily capacity rollup"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "cluster", "gpu_model"], name="capacitydaily_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} {self.gpu_model} {self.day}"
