@@ -6,6 +6,7 @@ The OpenAPI document is generated from the routers at /api/v1/openapi.json.
 from ninja import NinjaAPI
 
 from apps.telemetry.api import router as telemetry_router
+from apps.telemetry.api_efficiency import router as efficiency_router
 from apps.tenancy.api import router as tenancy_router
 from apps.waste.api import router as waste_router
 
@@ -18,5 +19,6 @@ api = NinjaAPI(
     docs_url="/docs",
 )
 api.add_router("", telemetry_router)
+api.add_router("", efficiency_router)
 api.add_router("", tenancy_router)
 api.add_router("", waste_router)
