@@ -120,8 +120,9 @@ class Agent:
         """Turn pending readings into batches in the spool once ``batch_seconds`` passed."""
         if not self._pending or self._pending_since is None:
             return []
-        # A small tolerance so that batch_seconds == interval seals every tick despite jitter.
-        if not force and now - self._pending_since < self.batch_seconds - self.interval_s * 0.5:
+        # The last sample of a batch is taken at since + batch_seconds - interval; half an
+        # interval of tolerance absorbs jitter (batch_seconds == interval seals every tick).
+        if not force and now - self._pending_since < self.batch_seconds - self.interval_s * 1.5:
             return []
         payloads = build_payloads(
             node=self.node,
@@ -192,6 +193,8 @@ class Agent:
         wait = wait or stop.wait
         next_sample = self.clock()
         ticks = 0
+        # A replay at speed 0 ticks back to back instead of once per interval.
+        pace = 0.0 if getattr(self.source, "fast", False) else self.interval_s
         while not stop.is_set():
             now = self.clock()
             if now >= next_sample:
@@ -199,9 +202,11 @@ class Agent:
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
                     break
-                next_sample += self.interval_s
-                if next_sample <= now:  # we fell behind (suspend, slow disk): don't burst
-                    next_sample = now + self.interval_s
+                if getattr(self.source, "exhausted", False):
+                    break
+                next_sample += pace
+                if next_sample <= now and pace:  # fell behind (suspend, slow disk): no burst
+                    next_sample = now + pace
             elif len(self.spool) and now >= self.next_attempt:
                 self.flush(now=now)
             wake = next_sample

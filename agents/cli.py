@@ -52,7 +52,9 @@ def make_source(cfg: Config) -> Source:
         )
     from agents.sources.replay import ReplaySource
 
-    return ReplaySource(path=cfg.replay_file or "", speed=cfg.replay_speed, shift=cfg.replay_shift)
+    return ReplaySource(
+        path=cfg.replay_file or "", speed=cfg.replay_speed, shift=cfg.replay_shift, node=cfg.node
+    )
 
 
 def make_attributor(cfg: Config) -> Attributor | None:
