@@ -60,7 +60,8 @@ def parse_metrics(text: str) -> dict[str, dict[str, Any]]:
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                name = s.name
+                # The parser names counter samples "<family>_total"; key on the family.
+                name = family.name if s.name == family.name + "_total" else s.name
                 if name not in FIELD_MAP and name not in (
                     "DCGM_FI_DEV_FB_FREE",
                     "DCGM_FI_DEV_FB_TOTAL",

@@ -34,8 +34,15 @@ class CountingSource:
 
 def _agent(tmp_path, sink, **kw):
     spool = Spool(path=tmp_path / "spool.sqlite", max_bytes=kw.pop("max_bytes", 256 * 2**20))
-    pusher = Pusher(server=sink.url, token="tok", timeout_s=2, backoff=Backoff(rng=__import__("random").Random(1)))
-    return Agent(node="n1", source=CountingSource(), spool=spool, pusher=pusher, interval_s=10, **kw)
+    pusher = Pusher(
+        server=sink.url,
+        token="tok",
+        timeout_s=2,
+        backoff=Backoff(rng=__import__("random").Random(1)),
+    )
+    return Agent(
+        node="n1", source=CountingSource(), spool=spool, pusher=pusher, interval_s=10, **kw
+    )
 
 
 def test_outage_in_process_zero_lost_zero_duplicated(tmp_path, sink):
@@ -49,7 +56,9 @@ def test_outage_in_process_zero_lost_zero_duplicated(tmp_path, sink):
         agent.tick(now=t)
         t += 10
     st = agent.stats()
-    assert st.spooled == 60 and st.last_error and st.last_error.startswith("push")
+    assert st.spooled == 60
+    assert st.last_error
+    assert st.last_error.startswith("push")
     sink.start()  # same port
     for _ in range(20):
         agent.tick(now=t)
@@ -98,38 +107,70 @@ def test_spool_full_drops_oldest_and_counts(tmp_path, sink):
     for k in range(60):
         agent.tick(now=5000 + 10 * k)
     st = agent.stats()
-    assert st.dropped > 0 and agent.spool.size_bytes <= 4000
-    assert st.collected == 120 and st.spooled + st.dropped == 120
+    assert st.dropped > 0
+    assert agent.spool.size_bytes <= 4000
+    assert st.collected == 120
+    assert st.spooled + st.dropped == 120
     sink.start()
     agent.tick(now=6000)
     got = sorted({t for _, t in sink.samples})
-    assert got[0] > 5000 and got[-1] == 6000  # the oldest were dropped, the newest kept
+    assert got[0] > 5000
+    assert got[-1] == 6000
     assert sink.payloads[-1]["agent"]["stats"]["dropped"] >= st.dropped > 0
 
 
 def test_spool_survives_reopen_and_torn_write(tmp_path):
     path = tmp_path / "s.sqlite"
     sp = Spool(path=path)
-    payload = {"node": "n", "batch_id": "b1", "agent": {}, "gpus": [], "series": [{"gpu": "g", "ts": [1, 2]}]}
+    payload = {
+        "node": "n",
+        "batch_id": "b1",
+        "agent": {},
+        "gpus": [],
+        "series": [{"gpu": "g", "ts": [1, 2]}],
+    }
     sp.put(payload)
     # A crash mid-transaction: a raw BEGIN + INSERT that is never committed.
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("BEGIN IMMEDIATE")
-    raw.execute("INSERT INTO batches (batch_id, created, samples, size, body) VALUES ('b2', 0, 5, 1, x'00')")
+    raw.execute(
+        "INSERT INTO batches (batch_id, created, samples, size, body) VALUES ('b2', 0, 5, 1, x'00')"
+    )
     raw.close()  # closed without commit (like a process killed mid-write)
     sp.close()
     sp = Spool(path=path)
     [b] = sp.peek(limit=10)
-    assert b.batch_id == "b1" and b.payload == payload
+    assert b.batch_id == "b1"
+    assert b.payload == payload
     assert sp.counters()["collected"] == 2
 
 
 def _start_agent(sink, spool):
     env = dict(os.environ, PYTHONPATH=str(ROOT), FLOPWATCH_TOKEN="tok")
     return subprocess.Popen(
-        [sys.executable, "-m", "agents", "--server", sink.url, "--source", "sim", "--node", "gpu-a-001",
-         "--interval", "0.2", "--spool", str(spool), "--log-level", "WARNING", "--timeout", "1"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "agents",
+            "--server",
+            sink.url,
+            "--source",
+            "sim",
+            "--node",
+            "gpu-a-001",
+            "--interval",
+            "0.2",
+            "--spool",
+            str(spool),
+            "--log-level",
+            "WARNING",
+            "--timeout",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -161,11 +202,16 @@ def test_outage_agent_killed_and_restarted_mid_outage(tmp_path, sink):
             p.kill()
     c = Counter(sink.samples)
     assert max(c.values()) == 1, "duplicated samples"
-    left = sqlite3.connect(spool).execute("SELECT COUNT(*), COALESCE(SUM(samples),0) FROM batches").fetchone()
+    left = (
+        sqlite3.connect(spool)
+        .execute("SELECT COUNT(*), COALESCE(SUM(samples),0) FROM batches")
+        .fetchone()
+    )
     assert left == (0, 0)
     counters = dict(sqlite3.connect(spool).execute("SELECT name, value FROM counters").fetchall())
     assert counters["sent"] == counters["collected"] == len(sink.samples)
     assert counters["dropped"] == 0
     # Every GPU got the same (gap-free apart from the kill) timeline.
     per_gpu = Counter(g for g, _ in sink.samples)
-    assert len(per_gpu) == 8 and len(set(per_gpu.values())) == 1
+    assert len(per_gpu) == 8
+    assert len(set(per_gpu.values())) == 1
