@@ -69,7 +69,11 @@ class Spool:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so one batch = one transaction.
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        # check_same_thread=False: a spool may be built in one thread and driven by another
+        # (agents.demo); it is never used by two threads at once.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
