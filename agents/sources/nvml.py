@@ -34,6 +34,12 @@ class NvmlSource:
         self.nvml = nvml
         nvml.nvmlInit()
         self._last_seen: dict[str, int] = {}
+        # XIDs arrive as events, not as a readable value: register each device once and
+        # drain the event set without blocking every tick. The last XID per GPU is reported
+        # (0 = none since start, like dcgm-exporter's DCGM_FI_DEV_XID_ERRORS gauge).
+        self._events: Any = self._try(nvml.nvmlEventSetCreate)
+        self._registered: set[str] = set()
+        self._xid: dict[str, int] = {}
 
     def _try(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -61,11 +67,39 @@ class NvmlSource:
         rates = self._try(n.nvmlDeviceGetUtilizationRates, handle)
         return float(rates.gpu) if rates is not None else None
 
+    def _register_xid(self, uuid: str, handle: Any) -> None:
+        if self._events is None or uuid in self._registered:
+            return
+        self._registered.add(uuid)
+        try:
+            self.nvml.nvmlDeviceRegisterEvents(
+                handle, self.nvml.nvmlEventTypeXidCriticalError, self._events
+            )
+            self._xid.setdefault(uuid, 0)
+        except self.nvml.NVMLError:
+            pass  # not supported (MIG instances, some vGPUs): xid stays null
+
+    def _drain_xids(self) -> None:
+        n = self.nvml
+        if self._events is None:
+            return
+        for _ in range(1000):  # bounded: a storm of events must not stall sampling
+            try:
+                ev = n.nvmlEventSetWait_v2(self._events, 0)
+            except n.NVMLError:
+                return  # NVML_ERROR_TIMEOUT: nothing pending
+            if ev.eventType == n.nvmlEventTypeXidCriticalError:
+                uuid = self._s(self._try(n.nvmlDeviceGetUUID, ev.device))
+                if uuid:
+                    self._xid[uuid] = int(ev.eventData)
+                    log.warning("XID %s on %s", ev.eventData, uuid)
+
     def _device(
         self, handle: Any, index: int, parent: str | None, now: float
     ) -> tuple[GpuInfo, Reading]:
         n = self.nvml
         uuid = self._s(n.nvmlDeviceGetUUID(handle))
+        self._register_xid(uuid, handle)
         mem = self._try(n.nvmlDeviceGetMemoryInfo, handle)
         procs_raw = self._try(n.nvmlDeviceGetComputeRunningProcesses, handle)
         procs = (
@@ -106,6 +140,7 @@ class NvmlSource:
             "temp_c": self._try(n.nvmlDeviceGetTemperature, handle, n.NVML_TEMPERATURE_GPU),
             "sm_clock_mhz": self._try(n.nvmlDeviceGetClockInfo, handle, n.NVML_CLOCK_SM),
             "energy_mj": energy,
+            "xid": self._xid.get(uuid),
         }
         ecc = self._try(
             n.nvmlDeviceGetTotalEccErrors,
@@ -121,6 +156,7 @@ class NvmlSource:
         n = self.nvml
         gpus: list[GpuInfo] = []
         readings: list[Reading] = []
+        self._drain_xids()
         for i in range(n.nvmlDeviceGetCount()):
             handle = n.nvmlDeviceGetHandleByIndex(i)
             info, reading = self._device(handle, i, None, now)

@@ -19,6 +19,8 @@ NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
 NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
 NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
+NVML_ERROR_TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
+nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 MIB = 2**20
 
 
@@ -129,8 +131,10 @@ class FakeNvml:
     def __init__(self, devices: list[Dev]) -> None:
         self.devices = devices
         self.inited = False
+        self.pending_events: list[SimpleNamespace] = []  # push XIDs here
+        self.registered: list[str] = []
         for k, v in globals().items():
-            if k.startswith("NVML_"):
+            if k.startswith(("NVML_", "nvmlEventType")):
                 setattr(self, k, v)
 
     def nvmlInit(self) -> None:
@@ -191,6 +195,24 @@ class FakeNvml:
 
     def nvmlDeviceGetTotalEccErrors(self, d: Dev, etype: int, counter: int) -> int:
         return 0
+
+    def nvmlEventSetCreate(self) -> object:
+        return object()
+
+    def nvmlDeviceRegisterEvents(self, d: Dev, types: int, evset: object) -> None:
+        if d.util is None:  # like MIG instances: events not supported
+            _ns()
+        self.registered.append(d.uuid)
+
+    def nvmlEventSetWait_v2(self, evset: object, timeout_ms: int):
+        if not self.pending_events:
+            raise NVMLError(NVML_ERROR_TIMEOUT)
+        return self.pending_events.pop(0)
+
+    def xid(self, d: Dev, code: int) -> None:
+        self.pending_events.append(
+            SimpleNamespace(device=d, eventType=nvmlEventTypeXidCriticalError, eventData=code)
+        )
 
     def nvmlDeviceGetMigMode(self, d: Dev):
         if not d.mig and not d.children and d.util is None:

@@ -75,3 +75,18 @@ def test_l40s_reports_100_percent_while_idle(fixtures_dir):
     gpus, readings = NvmlSource(nvml=FakeNvml([load])).read(now=1.0)
     assert readings[0].values["util_pct"] == 9.0
     assert not gpus[0].notes
+
+
+def test_xid_events_are_reported_per_gpu(fixtures_dir):
+    a = _dev(fixtures_dir, H100, "load")
+    b = _dev(fixtures_dir, H100, "idle")
+    b.uuid = "GPU-b"
+    fake = FakeNvml([a, b])
+    src = NvmlSource(nvml=fake)
+    assert [r.values["xid"] for r in src.read(now=1)[1]] == [0, 0]
+    fake.xid(b, 79)
+    assert [r.values["xid"] for r in src.read(now=2)[1]] == [0, 79]
+    assert [r.values["xid"] for r in src.read(now=3)[1]] == [0, 79]  # last XID stays
+    # MIG instances cannot register events: xid is null there, not a crash.
+    mig = NvmlSource(nvml=FakeNvml([_dev(fixtures_dir, MIG, "load")])).read(now=1)[1]
+    assert all(r.values["xid"] is None for r in mig)
