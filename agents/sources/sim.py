@@ -32,12 +32,18 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import os
 import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+# The simulator uses no BLAS; without this OpenBLAS starts one thread (and buffer) per core
+# at import, which on a 128-core GPU node costs far more memory than the agent itself.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
