@@ -22,6 +22,7 @@ from agents.sources import GpuInfo, Reading, Source
 from agents.spool import Spool
 
 log = logging.getLogger(__name__)
+MAX_PENDING = 100_000  # readings held in memory while the spool cannot be written
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class Agent:
             flush_budget_s if flush_budget_s is not None else max(interval_s / 2, 0.05)
         )
         self.last_error: str | None = None
+        self.lost_in_memory = 0  # dropped because neither the spool nor memory could hold them
         self.next_attempt = 0.0
         self._pending: list[Reading] = []
         self._pending_since: float | None = None
@@ -86,7 +88,7 @@ class Agent:
             collected=c["collected"] + len(self._pending),
             sent=c["sent"],
             spooled=c["spooled"],
-            dropped=c["dropped"],
+            dropped=c["dropped"] + self.lost_in_memory,
             last_error=self.last_error,
         )
 
@@ -131,8 +133,17 @@ class Agent:
             gpus=self._gpus,
             readings=self._pending,
         )
-        for p in payloads:
-            self.spool.put(p, now=now)
+        try:
+            for p in payloads:
+                self.spool.put(p, now=now)
+        except Exception as exc:  # disk full, read-only fs: keep readings, retry next tick
+            self.last_error = f"spool: {exc}"
+            log.error("%s", self.last_error)
+            if len(self._pending) > MAX_PENDING:  # memory is the last buffer; bound it too
+                lost = len(self._pending) - MAX_PENDING
+                self._pending = self._pending[lost:]
+                self.lost_in_memory += lost
+            return []
         self._pending, self._pending_since = [], None
         return payloads
 
@@ -176,7 +187,11 @@ class Agent:
         now = self.clock() if now is None else now
         self.sample(now=now)
         self.seal(now=now, force=force_seal)
-        self.flush(now=now)
+        try:
+            self.flush(now=now)
+        except Exception as exc:  # e.g. the spool database went away; never kill the loop
+            self.last_error = f"flush: {exc}"
+            log.exception("flush failed")
         if now - self._last_log >= 300:
             self._last_log = now
             log.info("stats %s", self.stats().as_dict())

@@ -134,16 +134,33 @@ class Spool:
         return dropped
 
     def peek(self, *, limit: int = 1) -> list[SpooledBatch]:
-        """The oldest ``limit`` batches, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, batch_id, samples, body FROM batches ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
-        return [
-            SpooledBatch(
-                id=r[0], batch_id=r[1], samples=r[2], payload=json.loads(gzip.decompress(r[3]))
-            )
-            for r in rows
-        ]
+        """The oldest ``limit`` batches, oldest first.
+
+        A body that cannot be decoded (disk corruption) is moved to ``rejected`` instead of
+        blocking the queue forever.
+        """
+        out: list[SpooledBatch] = []
+        while not out:
+            rows = self._db.execute(
+                "SELECT id, batch_id, samples, body FROM batches ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+            if not rows:
+                break
+            out = self._decode(rows)
+        return out
+
+    def _decode(self, rows: list[Any]) -> list[SpooledBatch]:
+        out: list[SpooledBatch] = []
+        for r in rows:
+            batch = SpooledBatch(id=r[0], batch_id=r[1], samples=r[2], payload={})
+            try:
+                batch.payload = json.loads(gzip.decompress(r[3]))
+            except (OSError, EOFError, ValueError) as exc:
+                log.error("spooled batch %s is corrupt (%s); set aside", r[1], exc)
+                self.reject(batch, status=None, reason=f"corrupt in spool: {exc}")
+                continue
+            out.append(batch)
+        return out
 
     def ack(self, batch: SpooledBatch) -> None:
         """The server accepted the batch: delete it and count its samples as sent."""

@@ -215,3 +215,54 @@ def test_outage_agent_killed_and_restarted_mid_outage(tmp_path, sink):
     per_gpu = Counter(g for g, _ in sink.samples)
     assert len(per_gpu) == 8
     assert len(set(per_gpu.values())) == 1
+
+
+def test_corrupt_spooled_batch_is_set_aside(tmp_path, sink):
+    agent = _agent(tmp_path, sink)
+    sink.stop()
+    agent.tick(now=100)
+    agent.tick(now=110)
+    raw = sqlite3.connect(tmp_path / "spool.sqlite", isolation_level=None)
+    raw.execute("UPDATE batches SET body = x'1f8b00' WHERE id = (SELECT MIN(id) FROM batches)")
+    raw.close()
+    sink.start()
+    agent.flush(now=1000)
+    assert len(sink.samples) == 2
+    assert agent.spool.rejected()[0]["reason"].startswith("corrupt")
+
+
+def test_once_returns_1_and_keeps_batch_when_server_down(tmp_path):
+    from agents.cli import main
+
+    spool = tmp_path / "s.sqlite"
+    argv = [
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "--source",
+        "sim",
+        "--node",
+        "gpu-a-001",
+        "--once",
+        "--spool",
+        str(spool),
+        "--timeout",
+        "1",
+        "--log-level",
+        "ERROR",
+    ]
+    assert main(argv) == 1
+    assert len(Spool(path=spool)) == 1
+
+
+def test_spool_falls_back_to_state_dir(tmp_path, monkeypatch):
+    from agents.cli import open_spool
+    from agents.config import load_config
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cfg = load_config(argv=["--dry-run", "--spool", str(blocker / "spool.sqlite")], environ={})
+    sp = open_spool(cfg)
+    assert sp.path == str(tmp_path / "state" / "flopwatch-agent" / "spool.sqlite")
