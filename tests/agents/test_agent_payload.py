@@ -95,3 +95,39 @@ def test_static_map_and_slurm_from_proc(tmp_path):
         "GPU-b": {"job": "slurm:777", "project": None, "user": None},
         "GPU-c": {"job": "static:reserved-c", "project": "rl-agents", "user": "quinn"},
     }
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["g0", "g1", "g2"]),
+            st.integers(0, 50),
+            st.sampled_from([None, "slurm:1", "k8s:ns/p"]),
+            st.one_of(st.none(), st.floats(0, 100)),
+        ),
+        max_size=80,
+    )
+)
+def test_series_invariants(rows):
+    rs = [
+        Reading(
+            gpu=g,
+            ts=float(t),
+            values={"util_pct": u, "power_w": 1.0},
+            alloc={"job": j} if j else None,
+        )
+        for g, t, j, u in rows
+    ]
+    series = build_series(rs)
+    for s in series:
+        assert all(a < b for a, b in zip(s["ts"], s["ts"][1:], strict=False))
+        for k, v in s.items():
+            if k not in ("gpu", "alloc"):
+                assert len(v) == len(s["ts"])
+    # Every (GPU, ts) appears; only exact repeats within one job run are collapsed.
+    assert {(s["gpu"], t) for s in series for t in s["ts"]} == {(g, t) for g, t, _j, _u in rows}
