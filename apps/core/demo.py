@@ -6,8 +6,9 @@ run any number of times.
 
 from __future__ import annotations
 
-import uuid
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -15,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.fleet.models import Cluster, Gpu, Node
+from apps.fleet.services import node_token_issue
 from apps.tenancy.models import Membership, Project, Team
 from apps.tenancy.roles import FINANCE_GROUP, FLEET_ADMINS_GROUP, role_groups_ensure
 
@@ -52,32 +54,37 @@ DEMO_PROJECTS = {
 }
 
 
-_DEMO_NODE_GROUPS = (
-    # cluster, hostname prefix, first number, count, GPU model, memory MiB
-    ("alpha", "gpu-a", 1, 6, "NVIDIA H100 80GB HBM3", 81559),
-    ("alpha", "gpu-a", 7, 4, "NVIDIA A100-SXM4-80GB", 81920),
-    ("beta", "gpu-b", 1, 2, "NVIDIA A100-SXM4-80GB", 81920),
-    ("beta", "gpu-b", 3, 4, "NVIDIA L40S", 46068),
-)
-
-
 def demo_fleet_nodes() -> list[dict]:
-    """The demo fleet: 2 clusters, 16 nodes x 8 GPUs (H100, A100, L40S)."""
-    nodes = []
-    for cluster, prefix, first, count, model, mem in _DEMO_NODE_GROUPS:
-        for number in range(first, first + count):
-            hostname = f"{prefix}-{number:03d}"
-            gpus = [
+    """The demo fleet's inventory, from the simulator, so seeded nodes and simulated agents
+    agree on every hostname and GPU UUID."""
+    from agents.sim import demo_fleet
+
+    return [
+        {
+            "cluster": node.cluster,
+            "hostname": node.hostname,
+            "gpus": [
                 {
-                    "uuid": demo_gpu_uuid(hostname=hostname, index=index),
+                    "uuid": gpu_uuid,
                     "index": index,
-                    "model": model,
-                    "mem_total_mib": mem,
+                    "model": node.gpu_model,
+                    "mem_total_mib": node.mem_total,
                 }
-                for index in range(8)
-            ]
-            nodes.append({"cluster": cluster, "hostname": hostname, "gpus": gpus})
-    return nodes
+                for index, gpu_uuid in enumerate(node.gpu_uuids())
+            ],
+        }
+        for node in demo_fleet().nodes
+    ]
+
+
+def demo_node_tokens_issue(*, path: Path) -> int:
+    """Give every demo node a fresh token and write hostname -> token to ``path`` (JSON), for
+    the simulated agents. Tokens are stored hashed, so they are re-issued on every start."""
+    tokens = {node.hostname: node_token_issue(node=node) for node in Node.objects.all()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tokens, indent=1))
+    path.chmod(0o600)
+    return len(tokens)
 
 
 @transaction.atomic
@@ -102,7 +109,7 @@ def demo_organisation_seed() -> dict[str, int]:
         )
         node, _ = Node.objects.update_or_create(
             hostname=spec["hostname"],
-            defaults={"cluster": cluster, "sample_interval_s": spec.get("interval_s", 10)},
+            defaults={"cluster": cluster},
         )
         for gpu in spec["gpus"]:
             Gpu.objects.update_or_create(
@@ -143,7 +150,3 @@ def demo_organisation_seed() -> dict[str, int]:
         "nodes": Node.objects.count(),
         "gpus": Gpu.objects.count(),
     }
-
-
-def demo_gpu_uuid(*, hostname: str, index: int) -> str:
-    return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{hostname}/{index}"))
