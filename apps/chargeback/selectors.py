@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -66,6 +67,40 @@ class RateLookup:
                 return price
         price = self._in_force((gpu_model_id, None), day)
         return ZERO if price is None else price
+
+    def gpu_rate(
+        self, *, model_name: str, mig_profile: str, cluster_id: int | None, day: dt.date
+    ) -> Decimal:
+        """The price of one hour of this GPU: the model's rate, times the instance's fraction
+        of its parent for MIG instances (``model_name`` is the parent's model)."""
+        rate = self.rate(model_name=model_name, cluster_id=cluster_id, day=day)
+        return rate * mig_fraction(mig_profile=mig_profile, model_name=model_name)
+
+
+# Compute slices of a whole GPU per MIG-capable model family: a "3g.40gb" instance of an H100
+# is 3/7 of the GPU, a "2g.12gb" of an A30 is 2/4.
+_MIG_SLICES = {"a30": 4}
+_MIG_DEFAULT_SLICES = 7
+_MIG_PROFILE = re.compile(r"(?:^|\D)(\d+)g\.", re.IGNORECASE)
+
+
+def mig_fraction(*, mig_profile: str, model_name: str = "") -> Decimal:
+    """The fraction of its parent GPU that a MIG instance is priced at (1 for a whole GPU).
+
+    A profile names its compute slices ("1g.10gb", "3g.40gb", "1c.3g.40gb" counts 3);
+    an unreadable profile is priced as a whole GPU rather than as free.
+    """
+    if not mig_profile:
+        return Decimal(1)
+    matches = _MIG_PROFILE.findall(mig_profile)
+    if not matches:
+        return Decimal(1)
+    slices = _MIG_DEFAULT_SLICES
+    normalised = gpu_model_name_normalise(model_name)
+    for family, family_slices in _MIG_SLICES.items():
+        if family in normalised.split() or f" {family}" in f" {normalised}":
+            slices = family_slices
+    return min(Decimal(1), Decimal(int(matches[-1])) / Decimal(slices))
 
 
 def gpu_hour_rate(*, model_name: str, cluster_id: int | None, day: dt.date) -> Decimal:
