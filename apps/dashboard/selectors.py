@@ -1,0 +1,710 @@
+"""Reads behind the pages. Every efficiency, GPU-hour and cost figure comes from
+``apps.telemetry.selectors.efficiency_by`` (the same function the efficiency API answers
+from), so a page and the API never disagree for the same range; the rest (charts, current
+state) reads the rollup tables directly, always through the visibility selectors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Avg, Count, F, Max, Q, QuerySet, Sum
+from django.utils import timezone
+
+from apps.dashboard.filters import DashboardFilters
+from apps.fleet.models import Cluster, Gpu, Node
+from apps.telemetry.models import AllocationGpuHourly, CapacityDaily, GpuRollup5m, UsageDaily
+from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
+
+logger = logging.getLogger(__name__)
+
+ZERO = Decimal("0")
+CENT = Decimal("0.01")
+# A GPU counts as busy "now" when its latest 5-minute bucket had at least this activity
+# (the idle threshold of DESIGN.md); "now" is the newest bucket within this many seconds.
+BUSY_THRESHOLD = 0.01
+RECENT_S = 15 * 60
+
+
+# --- Efficiency: the one source of page numbers -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class EfficiencyRow:
+    """Same fields as ``apps.telemetry.selectors.EfficiencyRow`` (used only by the fallback)."""
+
+    key: Any
+    allocated_gpu_hours: float
+    observed_gpu_hours: float
+    busy_gpu_hours: float
+    idle_gpu_hours: float
+    memory_held_idle_gpu_hours: float
+    efficiency: float | None
+    cost: Decimal
+    idle_cost: Decimal
+
+
+def _efficiency_by_fallback(
+    *,
+    group: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    projects: QuerySet[Project] | None = None,
+    cluster: str | None = None,
+    gpu_model: str | None = None,
+) -> list[EfficiencyRow]:
+    """The efficiency contract computed from ``AllocationGpuHourly``, used only while
+    ``apps.telemetry.selectors.efficiency_by`` does not exist yet."""
+    from apps.chargeback.selectors import RateLookup
+
+    key_field = {
+        "team": "allocation__project__team__slug",
+        "project": "allocation__project__slug",
+        "allocation": "allocation_id",
+        "gpu": "gpu__uuid",
+    }[group]
+    rows = AllocationGpuHourly.objects.filter(
+        hour__gte=int(start.timestamp()), hour__lt=int(end.timestamp())
+    )
+    if projects is not None:
+        rows = rows.filter(allocation__project__in=projects)
+    if cluster:
+        rows = rows.filter(gpu__node__cluster__slug=cluster)
+    if gpu_model:
+        rows = rows.filter(gpu__model_name=gpu_model)
+    grouped = (
+        rows.annotate(day=F("hour") / 86400)
+        .values(key_field, "day", "gpu__model_name", "gpu__mig_profile", "gpu__node__cluster_id")
+        .annotate(
+            allocated=Sum("allocated_s"),
+            observed=Sum("observed_s"),
+            busy=Sum("busy_s"),
+            idle=Sum("idle_s"),
+            held=Sum("mem_held_idle_s"),
+        )
+    )
+    rates = RateLookup.load()
+    totals: dict[Any, list] = {}
+    for item in grouped:
+        key = item[key_field]
+        acc = totals.setdefault(key, [0.0, 0.0, 0.0, 0.0, 0.0, ZERO, ZERO])
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=int(item["day"]))
+        rate = rates.gpu_rate(
+            model_name=item["gpu__model_name"],
+            mig_profile=item["gpu__mig_profile"],
+            cluster_id=item["gpu__node__cluster_id"],
+            day=day,
+        )
+        acc[0] += item["allocated"] or 0.0
+        acc[1] += item["observed"] or 0.0
+        acc[2] += item["busy"] or 0.0
+        acc[3] += item["idle"] or 0.0
+        acc[4] += item["held"] or 0.0
+        acc[5] += Decimal(str(item["allocated"] or 0.0)) / 3600 * rate
+        acc[6] += Decimal(str(item["idle"] or 0.0)) / 3600 * rate
+    return [
+        EfficiencyRow(
+            key=key,
+            allocated_gpu_hours=acc[0] / 3600,
+            observed_gpu_hours=acc[1] / 3600,
+            busy_gpu_hours=acc[2] / 3600,
+            idle_gpu_hours=acc[3] / 3600,
+            memory_held_idle_gpu_hours=acc[4] / 3600,
+            efficiency=(acc[2] / acc[1]) if acc[1] > 0 else None,
+            cost=acc[5].quantize(CENT),
+            idle_cost=acc[6].quantize(CENT),
+        )
+        for key, acc in sorted(totals.items(), key=lambda kv: str(kv[0]))
+    ]
+
+
+def efficiency_function():
+    """The rollups' ``efficiency_by`` when it exists, else the fallback above."""
+    try:
+        from apps.telemetry.selectors import efficiency_by
+    except ImportError:
+        return _efficiency_by_fallback
+    return efficiency_by
+
+
+def efficiency_rows(
+    *,
+    group: str,
+    filters: DashboardFilters,
+    projects: QuerySet[Project] | None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> list:
+    return efficiency_function()(
+        group=group,
+        start=start or filters.start,
+        end=end or filters.end,
+        projects=projects,
+        cluster=filters.cluster,
+        gpu_model=filters.gpu_model,
+    )
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Pooled totals of efficiency rows (pooled over GPU-seconds, never a mean of means)."""
+
+    allocated_gpu_hours: float = 0.0
+    observed_gpu_hours: float = 0.0
+    busy_gpu_hours: float = 0.0
+    idle_gpu_hours: float = 0.0
+    memory_held_idle_gpu_hours: float = 0.0
+    cost: Decimal = ZERO
+    idle_cost: Decimal = ZERO
+
+    @property
+    def efficiency(self) -> float | None:
+        if self.observed_gpu_hours <= 0:
+            return None
+        return self.busy_gpu_hours / self.observed_gpu_hours
+
+    @property
+    def has_data(self) -> bool:
+        return self.allocated_gpu_hours > 0
+
+
+def totals_of(rows: Iterable) -> Totals:
+    allocated = observed = busy = idle = held = 0.0
+    cost = idle_cost = ZERO
+    for row in rows:
+        allocated += row.allocated_gpu_hours
+        observed += row.observed_gpu_hours
+        busy += row.busy_gpu_hours
+        idle += row.idle_gpu_hours
+        held += row.memory_held_idle_gpu_hours
+        cost += Decimal(row.cost)
+        idle_cost += Decimal(row.idle_cost)
+    return Totals(allocated, observed, busy, idle, held, cost, idle_cost)
+
+
+def row_for(rows_by_key: dict[str, Any], *candidates: Any):
+    """The efficiency row of an object, whichever identifier the rows are keyed by."""
+    for candidate in candidates:
+        row = rows_by_key.get(str(candidate))
+        if row is not None:
+            return row
+    return None
+
+
+def rows_by_key(rows: Iterable) -> dict[str, Any]:
+    return {str(row.key): row for row in rows}
+
+
+# --- Filters applied to fleet objects -----------------------------------------------------------
+
+
+def _gpus_filtered(gpus: QuerySet[Gpu], filters: DashboardFilters) -> QuerySet[Gpu]:
+    if filters.cluster:
+        gpus = gpus.filter(node__cluster__slug=filters.cluster)
+    if filters.gpu_model:
+        gpus = gpus.filter(model_name=filters.gpu_model)
+    return gpus
+
+
+def gpu_models_known() -> list[str]:
+    return list(Gpu.objects.order_by("model_name").values_list("model_name", flat=True).distinct())
+
+
+def clusters_known() -> list[Cluster]:
+    return list(Cluster.objects.all())
+
+
+# --- "Now": GPUs total, allocated, busy -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuNow:
+    total: int
+    allocated: int
+    busy: int
+    reporting: int
+
+
+def _latest_rollups(*, gpu_ids: Iterable[int] | None, now: dt.datetime) -> dict[int, GpuRollup5m]:
+    """The newest 5-minute rollup of each GPU within the last ``RECENT_S`` seconds."""
+    since = int(now.timestamp()) - RECENT_S
+    rows = GpuRollup5m.objects.filter(bucket__gte=since).order_by("gpu_id", "bucket")
+    if gpu_ids is not None:
+        rows = rows.filter(gpu_id__in=list(gpu_ids))
+    latest: dict[int, GpuRollup5m] = {}
+    for row in rows.only(
+        "gpu_id",
+        "bucket",
+        "covered_s",
+        "busy_s",
+        "allocated_s",
+        "mem_used_mean_mib",
+        "power_mean_w",
+        "util_mean",
+        "activity_source",
+    ):
+        latest[row.gpu_id] = row
+    return latest
+
+
+def activity_of(row: GpuRollup5m | None) -> float | None:
+    if row is None or not row.covered_s:
+        return None
+    return min(1.0, row.busy_s / row.covered_s)
+
+
+def gpus_now(
+    *, gpus: QuerySet[Gpu], filters: DashboardFilters, now: dt.datetime | None = None
+) -> GpuNow:
+    now = now or timezone.now()
+    gpus = _gpus_filtered(gpus, filters)
+    gpu_ids = list(gpus.values_list("id", flat=True))
+    held = set(
+        AllocationGpu.objects.filter(gpu_id__in=gpu_ids, allocation__start__lte=now)
+        .filter(Q(allocation__end__isnull=True) | Q(allocation__end__gt=now))
+        .values_list("gpu_id", flat=True)
+    )
+    latest = _latest_rollups(gpu_ids=gpu_ids, now=now)
+    busy = sum(1 for row in latest.values() if (activity_of(row) or 0) >= BUSY_THRESHOLD)
+    return GpuNow(total=len(gpu_ids), allocated=len(held), busy=busy, reporting=len(latest))
+
+
+# --- Charts over time --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapacitySeries:
+    """Average GPUs busy / allocated but idle / unallocated per bucket (unallocated is None
+    for users who do not see the whole fleet)."""
+
+    bucket_s: int
+    x: list[dt.datetime]
+    busy: list[float]
+    idle_allocated: list[float]
+    unallocated: list[float] | None
+
+
+def _bucket_range(start_ts: int, end_ts: int, bucket_s: int) -> list[int]:
+    first = start_ts - start_ts % bucket_s
+    return list(range(first, end_ts, bucket_s))
+
+
+def _epoch(ts: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+def capacity_series(
+    *, filters: DashboardFilters, projects: QuerySet[Project] | None, whole_fleet: bool
+) -> CapacitySeries:
+    """Busy, idle-allocated and unallocated GPUs over the range.
+
+    Hourly per-allocation rollups below a day's bucket, daily rollups above: a 30-day chart
+    then reads ~30 rows per project instead of 720 per GPU (this page must stay fast).
+    """
+    bucket_s = filters.bucket_s(minimum=3600)
+    start_ts, end_ts = filters.start_ts, filters.end_ts
+    buckets = _bucket_range(start_ts, end_ts, bucket_s)
+    busy: dict[int, float] = defaultdict(float)
+    allocated: dict[int, float] = defaultdict(float)
+    capacity: dict[int, float] = defaultdict(float)
+    if bucket_s >= 86400:
+        first_day = _epoch(start_ts - start_ts % 86400).date()
+        usage = UsageDaily.objects.filter(
+            day__gte=first_day, day__lt=filters.end.date() + dt.timedelta(days=1)
+        )
+        if projects is not None:
+            usage = usage.filter(project__in=projects)
+        if filters.cluster:
+            usage = usage.filter(cluster__slug=filters.cluster)
+        if filters.gpu_model:
+            usage = usage.filter(gpu_model=filters.gpu_model)
+        for item in usage.values("day").annotate(b=Sum("busy_s"), a=Sum("allocated_s")):
+            ts = int(dt.datetime.combine(item["day"], dt.time(), tzinfo=dt.UTC).timestamp())
+            key = ts - (ts - buckets[0]) % bucket_s if buckets else ts
+            busy[key] += item["b"] or 0.0
+            allocated[key] += item["a"] or 0.0
+        if whole_fleet:
+            cap = CapacityDaily.objects.filter(day__gte=first_day, day__lte=filters.end.date())
+            if filters.cluster:
+                cap = cap.filter(cluster__slug=filters.cluster)
+            if filters.gpu_model:
+                cap = cap.filter(gpu_model=filters.gpu_model)
+            for item in cap.values("day").annotate(c=Sum("capacity_s")):
+                ts = int(dt.datetime.combine(item["day"], dt.time(), tzinfo=dt.UTC).timestamp())
+                key = ts - (ts - buckets[0]) % bucket_s if buckets else ts
+                capacity[key] += item["c"] or 0.0
+    else:
+        hourly = AllocationGpuHourly.objects.filter(
+            hour__gte=buckets[0] if buckets else start_ts, hour__lt=end_ts
+        )
+        if projects is not None:
+            hourly = hourly.filter(allocation__project__in=projects)
+        if filters.cluster:
+            hourly = hourly.filter(gpu__node__cluster__slug=filters.cluster)
+        if filters.gpu_model:
+            hourly = hourly.filter(gpu__model_name=filters.gpu_model)
+        for item in (
+            hourly.annotate(b_=F("hour") / bucket_s)
+            .values("b_")
+            .annotate(b=Sum("busy_s"), a=Sum("allocated_s"))
+        ):
+            key = int(item["b_"]) * bucket_s
+            busy[key] += item["b"] or 0.0
+            allocated[key] += item["a"] or 0.0
+        if whole_fleet:
+            # Capacity of an hour: every GPU that existed then (first seen by its end).
+            gpus = _gpus_filtered(Gpu.objects.all(), filters)
+            firsts = sorted(
+                int(first.timestamp()) if first else 0
+                for first in gpus.values_list("first_seen_at", flat=True)
+            )
+            import bisect
+
+            for key in buckets:
+                capacity[key] = bisect.bisect_right(firsts, key + bucket_s) * float(bucket_s)
+    x, b_out, i_out, u_out = [], [], [], []
+    for key in buckets:
+        x.append(_epoch(key))
+        b = busy.get(key, 0.0) / bucket_s
+        a = allocated.get(key, 0.0) / bucket_s
+        b = min(b, a) if a else b
+        b_out.append(round(b, 3))
+        i_out.append(round(max(a - b, 0.0), 3))
+        if whole_fleet:
+            u_out.append(round(max(capacity.get(key, 0.0) / bucket_s - a, 0.0), 3))
+    return CapacitySeries(bucket_s, x, b_out, i_out, u_out if whole_fleet else None)
+
+
+@dataclass(frozen=True)
+class TrendSeries:
+    bucket_s: int
+    x: list[dt.datetime]
+    efficiency: list[float | None]
+    allocated_gpus: list[float]
+
+
+def efficiency_trend(*, filters: DashboardFilters, projects: QuerySet[Project]) -> TrendSeries:
+    """Pooled efficiency and average allocated GPUs of some projects per bucket."""
+    bucket_s = filters.bucket_s(minimum=3600)
+    buckets = _bucket_range(filters.start_ts, filters.end_ts, bucket_s)
+    hourly = AllocationGpuHourly.objects.filter(
+        allocation__project__in=projects,
+        hour__gte=buckets[0] if buckets else filters.start_ts,
+        hour__lt=filters.end_ts,
+    )
+    if filters.cluster:
+        hourly = hourly.filter(gpu__node__cluster__slug=filters.cluster)
+    if filters.gpu_model:
+        hourly = hourly.filter(gpu__model_name=filters.gpu_model)
+    sums = {
+        int(item["b_"]) * bucket_s: item
+        for item in hourly.annotate(b_=F("hour") / bucket_s)
+        .values("b_")
+        .annotate(o=Sum("observed_s"), b=Sum("busy_s"), a=Sum("allocated_s"))
+    }
+    x, eff, gpus = [], [], []
+    for key in buckets:
+        item = sums.get(key)
+        x.append(_epoch(key))
+        if item and item["o"]:
+            eff.append(round(100 * item["b"] / item["o"], 2))
+        else:
+            eff.append(None)
+        gpus.append(round((item["a"] or 0.0) / bucket_s, 3) if item else 0.0)
+    return TrendSeries(bucket_s, x, eff, gpus)
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    bucket_s: int
+    x: list[dt.datetime]
+    labels: list[str]
+    z: list[list[float | None]]
+    truncated: int
+
+
+HEATMAP_MAX_GPUS = 64
+
+
+def project_heatmap(*, project: Project, filters: DashboardFilters) -> Heatmap:
+    """Activity (%) of each GPU the project held, per bucket, only while the project held it."""
+    bucket_s = filters.bucket_s(minimum=300)
+    start_ts, end_ts = filters.start_ts, filters.end_ts
+    buckets = _bucket_range(start_ts, end_ts, bucket_s)
+    spans = (
+        AllocationGpu.objects.filter(allocation__project=project, allocation__start__lt=filters.end)
+        .filter(Q(allocation__end__isnull=True) | Q(allocation__end__gt=filters.start))
+        .select_related("gpu__node")
+        .values_list(
+            "gpu_id", "gpu__node__hostname", "gpu__index", "allocation__start", "allocation__end"
+        )
+    )
+    if filters.cluster:
+        spans = spans.filter(gpu__node__cluster__slug=filters.cluster)
+    if filters.gpu_model:
+        spans = spans.filter(gpu__model_name=filters.gpu_model)
+    per_gpu: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    labels: dict[int, str] = {}
+    for gpu_id, hostname, index, a_start, a_end in spans:
+        lo = max(start_ts, int(a_start.timestamp()))
+        hi = min(end_ts, int(a_end.timestamp()) if a_end else end_ts)
+        per_gpu[gpu_id].append((lo - lo % 300, hi))
+        labels[gpu_id] = f"{hostname}/{index}"
+    gpu_ids = sorted(per_gpu, key=lambda g: labels[g])
+    truncated = max(0, len(gpu_ids) - HEATMAP_MAX_GPUS)
+    gpu_ids = gpu_ids[:HEATMAP_MAX_GPUS]
+    condition = Q()
+    for gpu_id in gpu_ids:
+        for lo, hi in per_gpu[gpu_id]:
+            condition |= Q(gpu_id=gpu_id, bucket__gte=lo, bucket__lt=hi)
+    index_of = {key: i for i, key in enumerate(buckets)}
+    z: dict[int, list[float | None]] = {g: [None] * len(buckets) for g in gpu_ids}
+    if gpu_ids and buckets:
+        rows = (
+            GpuRollup5m.objects.filter(condition)
+            .annotate(b_=F("bucket") / bucket_s)
+            .values("gpu_id", "b_")
+            .annotate(busy=Sum("busy_s"), covered=Sum("covered_s"))
+        )
+        for item in rows:
+            i = index_of.get(int(item["b_"]) * bucket_s)
+            if i is not None and item["covered"]:
+                z[item["gpu_id"]][i] = round(100 * min(1.0, item["busy"] / item["covered"]), 1)
+    return Heatmap(
+        bucket_s,
+        [_epoch(k) for k in buckets],
+        [labels[g] for g in gpu_ids],
+        [z[g] for g in gpu_ids],
+        truncated,
+    )
+
+
+@dataclass(frozen=True)
+class GpuLines:
+    """Per-GPU lines of activity (%), memory (GiB) and power (W) over a span."""
+
+    bucket_s: int
+    x: list[dt.datetime]
+    series: list[dict]  # {"label", "activity", "memory", "power"}
+
+
+def gpu_lines(
+    *, gpus: Sequence[Gpu], start: dt.datetime, end: dt.datetime, max_points: int = 400
+) -> GpuLines:
+    from apps.dashboard.filters import BUCKETS_S
+
+    start_ts, end_ts = int(start.timestamp()), int(end.timestamp())
+    span = max(1, end_ts - start_ts)
+    bucket_s = next((b for b in BUCKETS_S if span / b <= max_points), BUCKETS_S[-1])
+    buckets = _bucket_range(start_ts, end_ts, bucket_s)
+    index_of = {key: i for i, key in enumerate(buckets)}
+    series = []
+    by_gpu: dict[int, dict[str, list]] = {}
+    for gpu in gpus:
+        by_gpu[gpu.id] = {
+            "label": f"{gpu.node.hostname}/{gpu.index}",
+            "activity": [None] * len(buckets),
+            "memory": [None] * len(buckets),
+            "power": [None] * len(buckets),
+        }
+        series.append(by_gpu[gpu.id])
+    if gpus and buckets:
+        rows = (
+            GpuRollup5m.objects.filter(
+                gpu_id__in=[g.id for g in gpus], bucket__gte=buckets[0], bucket__lt=end_ts
+            )
+            .annotate(b_=F("bucket") / bucket_s)
+            .values("gpu_id", "b_")
+            .annotate(
+                busy=Sum("busy_s"),
+                covered=Sum("covered_s"),
+                mem=Avg("mem_used_mean_mib"),
+                power=Avg("power_mean_w"),
+            )
+        )
+        for item in rows:
+            i = index_of.get(int(item["b_"]) * bucket_s)
+            if i is None:
+                continue
+            line = by_gpu[item["gpu_id"]]
+            if item["covered"]:
+                line["activity"][i] = round(100 * min(1.0, item["busy"] / item["covered"]), 1)
+            if item["mem"] is not None:
+                line["memory"][i] = round(item["mem"] / 1024, 2)
+            if item["power"] is not None:
+                line["power"][i] = round(item["power"], 1)
+    return GpuLines(bucket_s, [_epoch(k) for k in buckets], series)
+
+
+# --- Pages' tables ---------------------------------------------------------------------------
+
+
+TEAM_SORTS = {
+    "efficiency": lambda r: (r["efficiency"] is None, r["efficiency"] or 0.0),
+    "gpu_hours": lambda r: -r["allocated_gpu_hours"],
+    "cost": lambda r: -r["cost"],
+    "idle_cost": lambda r: -r["idle_cost"],
+    "name": lambda r: r["team"].name.lower(),
+}
+
+
+def team_leaderboard(
+    *,
+    teams: QuerySet[Team],
+    projects: QuerySet[Project] | None,
+    filters: DashboardFilters,
+    sort: str,
+) -> list[dict]:
+    """One row per visible team with its pooled figures from ``efficiency_by``."""
+    by_key = rows_by_key(efficiency_rows(group="team", filters=filters, projects=projects))
+    table = []
+    for team in teams:
+        row = row_for(by_key, team.slug, team.pk)
+        table.append(
+            {
+                "team": team,
+                "efficiency": row.efficiency if row else None,
+                "allocated_gpu_hours": row.allocated_gpu_hours if row else 0.0,
+                "busy_gpu_hours": row.busy_gpu_hours if row else 0.0,
+                "idle_gpu_hours": row.idle_gpu_hours if row else 0.0,
+                "cost": Decimal(row.cost) if row else ZERO,
+                "idle_cost": Decimal(row.idle_cost) if row else ZERO,
+            }
+        )
+    table.sort(key=TEAM_SORTS.get(sort, TEAM_SORTS["efficiency"]))
+    return table
+
+
+def project_table(*, projects: QuerySet[Project], filters: DashboardFilters) -> list[dict]:
+    by_key = rows_by_key(efficiency_rows(group="project", filters=filters, projects=projects))
+    table = []
+    for project in projects.select_related("team"):
+        row = row_for(by_key, project.slug, project.pk)
+        table.append({"project": project, "row": row})
+    table.sort(key=lambda r: -(r["row"].allocated_gpu_hours if r["row"] else 0.0))
+    return table
+
+
+def allocation_table(
+    *, project: Project, filters: DashboardFilters, limit: int = 200
+) -> list[dict]:
+    """The project's jobs that overlap the range, newest first, with their figures."""
+    projects = Project.objects.filter(pk=project.pk)
+    by_key = rows_by_key(efficiency_rows(group="allocation", filters=filters, projects=projects))
+    allocations = (
+        Allocation.objects.filter(project=project, start__lt=filters.end)
+        .filter(Q(end__isnull=True) | Q(end__gt=filters.start))
+        .annotate(gpu_count=Count("allocation_gpus"))
+        .order_by("-start")[:limit]
+    )
+    return [{"allocation": a, "row": row_for(by_key, a.pk, a.external_id)} for a in allocations]
+
+
+def allocation_figures(*, allocation: Allocation, filters: DashboardFilters):
+    """The job's figures over its whole life (not the page's range)."""
+    end = allocation.end or timezone.now()
+    projects = Project.objects.filter(pk=allocation.project_id)
+    rows = efficiency_function()(
+        group="allocation",
+        start=allocation.start - dt.timedelta(seconds=allocation.start.timestamp() % 3600),
+        end=end + dt.timedelta(hours=1),
+        projects=projects,
+        cluster=None,
+        gpu_model=None,
+    )
+    return row_for(rows_by_key(rows), allocation.pk, allocation.external_id)
+
+
+# --- Findings (built by the waste part; pages must not break before it exists) ----------------
+
+
+def findings_open(*, projects: QuerySet[Project] | None, limit: int = 5) -> list:
+    """The worst open findings of these projects, worst (costliest) first."""
+    try:
+        from apps.waste.models import Finding
+    except ImportError:
+        return []
+    try:
+        rows = Finding.objects.filter(status="open")
+        if projects is not None:
+            rows = rows.filter(project__in=projects)
+        order = [
+            f"-{name}"
+            for name in ("wasted_cost", "wasted_gpu_hours")
+            if any(field.name == name for field in Finding._meta.get_fields())
+        ]
+        return list(rows.order_by(*order, "-pk")[:limit])
+    except Exception:
+        # A half-built waste app must not take the overview down with it.
+        logger.exception("could not read findings")
+        return []
+
+
+# --- Fleet -------------------------------------------------------------------------------------
+
+
+def fleet_state(
+    *, gpus: QuerySet[Gpu], filters: DashboardFilters, now: dt.datetime | None = None
+) -> list[dict]:
+    """Clusters → nodes → GPUs with what each GPU is doing now and who holds it."""
+    now = now or timezone.now()
+    gpus = list(_gpus_filtered(gpus, filters).select_related("node__cluster"))
+    latest = _latest_rollups(gpu_ids=[g.id for g in gpus], now=now)
+    holders: dict[int, Allocation] = {}
+    for link in (
+        AllocationGpu.objects.filter(gpu_id__in=[g.id for g in gpus], allocation__start__lte=now)
+        .filter(Q(allocation__end__isnull=True) | Q(allocation__end__gt=now))
+        .select_related("allocation__project__team")
+    ):
+        holders[link.gpu_id] = link.allocation
+    clusters: dict[int, dict] = {}
+    for gpu in gpus:
+        node = gpu.node
+        cluster = clusters.setdefault(
+            node.cluster_id, {"cluster": node.cluster, "nodes": {}, "gpus": 0, "busy": 0}
+        )
+        node_entry = cluster["nodes"].setdefault(node.id, {"node": node, "gpus": []})
+        roll = latest.get(gpu.id)
+        activity = activity_of(roll)
+        cluster["gpus"] += 1
+        cluster["busy"] += 1 if (activity or 0) >= BUSY_THRESHOLD else 0
+        node_entry["gpus"].append(
+            {
+                "gpu": gpu,
+                "activity": activity,
+                "memory_gib": (roll.mem_used_mean_mib / 1024)
+                if roll and roll.mem_used_mean_mib is not None
+                else None,
+                "memory_total_gib": gpu.mem_total_mib / 1024 if gpu.mem_total_mib else None,
+                "power_w": roll.power_mean_w if roll else None,
+                "holder": holders.get(gpu.id),
+                "stale": gpu.last_seen_at is None
+                or (now - gpu.last_seen_at).total_seconds() > RECENT_S,
+            }
+        )
+    result = []
+    for entry in sorted(clusters.values(), key=lambda c: c["cluster"].slug):
+        entry["nodes"] = sorted(entry["nodes"].values(), key=lambda n: n["node"].hostname)
+        result.append(entry)
+    return result
+
+
+def nodes_count() -> int:
+    return Node.objects.count()
+
+
+def gpu_allocations(*, gpu: Gpu, projects: QuerySet[Project] | None, limit: int = 50) -> list:
+    rows = Allocation.objects.filter(allocation_gpus__gpu=gpu).select_related("project__team")
+    if projects is not None:
+        rows = rows.filter(project__in=projects)
+    return list(rows.order_by("-start")[:limit])
+
+
+def gpu_last_bucket(*, gpu: Gpu) -> int | None:
+    return GpuRollup5m.objects.filter(gpu=gpu).aggregate(m=Max("bucket"))["m"]
