@@ -133,6 +133,9 @@ def demo_organisation_seed() -> dict[str, int]:
         user.is_staff = demo_user.username in ("admin", "finance")
         user.save()
         users[demo_user.username] = user
+    from apps.chargeback.services import rate_card_demo_seed
+
+    rate_card_demo_seed()  # H100, A100 and L40S prices
     users["admin"].groups.add(Group.objects.get(name=FLEET_ADMINS_GROUP))
     users["finance"].groups.add(Group.objects.get(name=FINANCE_GROUP))
     Membership.objects.get_or_create(
