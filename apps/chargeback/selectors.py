@@ -359,6 +359,7 @@ class _Acc:
         cost_exact = self.cost_s / 3600
         if len(self.rates) == 1:
             (rate,) = self.rates
+            rate = rate.quantize(RATE_PLACES, rounding=ROUND_HALF_UP)
         elif hours > 0:
             rate = (cost_exact / hours).quantize(RATE_PLACES, rounding=ROUND_HALF_UP)
         else:
