@@ -38,6 +38,30 @@ class RawSample(models.Model):
         return f"gpu {self.gpu_id} @ {self.ts}"
 
 
+class AllocationSeen(models.Model):
+    """When the samples last named an allocation's job (written by ingest).
+
+    An allocation the agents discover from job labels has no epilog to close it: the ingest
+    task closes it once its job has not appeared for ``FLOPWATCH_ALLOCATION_GRACE_S``.
+    Allocations opened through the API and never seen in samples have no row here and are
+    closed only by the API.
+    """
+
+    allocation = models.OneToOneField(
+        "tenancy.Allocation", on_delete=models.CASCADE, primary_key=True, related_name="seen"
+    )
+    last_ts = models.BigIntegerField(help_text="Latest sample timestamp, epoch seconds.")
+    closed_by_grace = models.BooleanField(
+        default=False, help_text="Closed because the job stopped appearing (re-opened if seen)."
+    )
+
+    class Meta:
+        verbose_name = "allocation last seen in samples"
+
+    def __str__(self) -> str:
+        return f"allocation {self.allocation_id} seen @ {self.last_ts}"
+
+
 # --- Rollups ----------------------------------------------------------------------------------
 # Every rollup row is a bucket replaced whole on recompute (delete + insert in one transaction),
 # never incremented, so running a rollup twice, or after a crash, gives the same rows.
