@@ -1,0 +1,577 @@
+"""Writes of the waste app: running detection, changing findings, filling the outbox.
+
+Every function is idempotent: detection continues from its cursors, notifications are keyed
+(``Notification.key`` is unique) so enqueueing twice adds nothing, and sending claims each row
+with a conditional UPDATE that must change exactly one row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.chargeback.selectors import RateLookup
+from apps.fleet.models import Gpu
+from apps.tenancy.models import Allocation, Project
+from apps.tenancy.roles import FLEET_ADMINS_GROUP
+from apps.tenancy.selectors import user_can_act_on_project
+from apps.waste.detectors import (
+    BUCKET_S,
+    HOUR_S,
+    AllocationWalk,
+    FindingSink,
+    GpuInfo,
+    allocation_horizon,
+    bucket_of,
+    dt_of,
+    pending_by_gpu,
+    ts_of,
+)
+from apps.waste.models import (
+    Channel,
+    DetectionCursor,
+    Finding,
+    FindingEvent,
+    Notification,
+    NotificationPreference,
+    Rule,
+    Severity,
+    Status,
+)
+from apps.waste.selectors import PolicyBook
+
+log = logging.getLogger(__name__)
+CENT = Decimal("0.01")
+ACTIVE = (Status.OPEN, Status.ACKNOWLEDGED, Status.SNOOZED)
+
+
+class FindingActionError(Exception):
+    """An action on a finding that cannot be done (not allowed, bad input)."""
+
+
+def _cents(value: Decimal) -> Decimal:
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def severity_of(*, rule: str, wasted_gpu_hours: float, duration_h: float) -> str:
+    """Critical from a GPU-day wasted (or a day of silence), warning from 4 GPU-hours."""
+    amount = duration_h if rule == Rule.SILENT_GPU else wasted_gpu_hours
+    if amount >= 24:
+        return Severity.CRITICAL
+    if amount >= 4:
+        return Severity.WARNING
+    return Severity.INFO
+
+
+def _event(finding: Finding, *, kind: str, old: str, at: dt.datetime, actor=None, note=""):
+    FindingEvent.objects.create(
+        finding=finding, kind=kind, old_status=old, new_status=finding.status, at=at,
+        actor=actor, note=note,
+    )  # fmt: skip
+
+
+# --- Detection --------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectionSummary:
+    allocations: int = 0
+    buckets: int = 0
+    opened: int = 0
+    resolved: int = 0
+    late: int = 0
+    silent_opened: int = 0
+    silent_resolved: int = 0
+    woke: int = 0
+    notifications: int = 0
+    new_findings: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data.pop("new_findings")
+        return data
+
+
+class _DbSink(FindingSink):
+    """Turns the walker's runs into Finding rows (inside the allocation's transaction)."""
+
+    def __init__(self, *, now: dt.datetime, summary: DetectionSummary) -> None:
+        self.now = now
+        self.summary = summary
+        self.created: list[int] = []
+
+    @staticmethod
+    def _apply(finding: Finding, run: dict) -> None:
+        finding.last_seen = dt_of(run["end"])
+        finding.wasted_gpu_hours = run["waste_s"] / HOUR_S
+        finding.wasted_cost_exact = Decimal(run["cost"]).quantize(Decimal("0.00000001"))
+        finding.wasted_cost = _cents(Decimal(run["cost"]))
+        finding.severity = severity_of(
+            rule=finding.rule,
+            wasted_gpu_hours=finding.wasted_gpu_hours,
+            duration_h=(finding.last_seen - finding.started).total_seconds() / HOUR_S,
+        )
+        detail = dict(finding.detail)
+        detail.update({"buckets": run["n"], "gpu_hours": run["gpu_s"] / HOUR_S})
+        if run.get("efficiency") is not None:
+            detail["efficiency"] = run["efficiency"]
+        finding.detail = detail
+
+    def open(self, *, rule: str, allocation: Allocation, run: dict) -> int:
+        finding = Finding(
+            rule=rule,
+            subject=f"alloc:{allocation.id}",
+            allocation=allocation,
+            project_id=allocation.project_id,
+            started=dt_of(run["start"]),
+            detected_at=self.now,
+        )
+        self._apply(finding, run)
+        finding.save()
+        finding.gpus.set(run["gpus"] or [])
+        _event(finding, kind="opened", old="", at=finding.last_seen)
+        self.created.append(finding.id)
+        self.summary.opened += 1
+        return finding.id
+
+    def extend(self, *, finding_id: int, run: dict) -> None:
+        finding = Finding.objects.filter(pk=finding_id).first()
+        if finding is None or finding.status == Status.RESOLVED:
+            return  # resolved by hand: the run goes on, the finding stays closed
+        self._apply(finding, run)
+        finding.save()
+        finding.gpus.add(*run["gpus"])
+
+    def close(self, *, finding_id: int, run: dict, ended: dt.datetime) -> None:
+        finding = Finding.objects.filter(pk=finding_id).first()
+        if finding is None:
+            return
+        if finding.status == Status.RESOLVED:
+            if finding.ended is None:
+                finding.ended = ended
+                finding.save(update_fields=["ended"])
+            return
+        self._apply(finding, run)
+        old = finding.status
+        finding.ended = ended
+        finding.status = Status.RESOLVED
+        finding.resolved_at = self.now
+        finding.save()
+        _event(finding, kind="cleared", old=old, at=ended, note="condition cleared")
+        self.summary.resolved += 1
+
+
+def _allocations_to_walk():
+    done = DetectionCursor.objects.filter(done=True).values("allocation_id")
+    return Allocation.objects.exclude(id__in=done).select_related("project")
+
+
+def _walk_allocation(
+    *, allocation_id: int, now: dt.datetime, book: PolicyBook, rates: RateLookup,
+    summary: DetectionSummary,
+) -> None:  # fmt: skip
+    with transaction.atomic():
+        allocation = Allocation.objects.select_related("project").get(pk=allocation_id)
+        start_ts = ts_of(allocation.start)
+        first_bucket = bucket_of(start_ts)
+        DetectionCursor.objects.bulk_create(
+            [
+                DetectionCursor(
+                    allocation=allocation,
+                    next_bucket=first_bucket,
+                    next_hour=start_ts - start_ts % HOUR_S,
+                )
+            ],
+            ignore_conflicts=True,
+        )
+        # Two detectors on one allocation take turns here, so a bucket is evaluated once.
+        cursor = DetectionCursor.objects.select_for_update().get(allocation=allocation)
+        if cursor.done:
+            return
+        gpus = list(
+            Gpu.objects.filter(allocation_gpus__allocation=allocation).select_related(
+                "node", "mig_parent"
+            )
+        )
+        if not gpus:
+            return
+        infos = {gpu.id: GpuInfo.of(gpu) for gpu in gpus}
+        cluster_id = gpus[0].node.cluster_id
+        policy = book.resolve(
+            project_id=allocation.project_id,
+            team_id=allocation.project.team_id,
+            cluster_id=cluster_id,
+        )
+        sink = _DbSink(now=now, summary=summary)
+        walk = AllocationWalk(allocation, infos, policy, rates, sink)
+        horizon = allocation_horizon(
+            allocation=allocation, gpus=gpus, now=now, pending=pending_by_gpu(gpu_ids=list(infos))
+        )
+        state = cursor.state or {}
+        bucket_horizon = bucket_of(horizon)
+        if bucket_horizon > cursor.next_bucket:
+            summary.buckets += (bucket_horizon - cursor.next_bucket) // BUCKET_S
+            cursor.next_bucket = walk.walk_buckets(
+                state=state, start=cursor.next_bucket, horizon=bucket_horizon
+            )
+        cursor.next_hour = walk.walk_hours(state=state, start=cursor.next_hour, horizon=horizon)
+        if allocation.end is not None:
+            end_ts = ts_of(allocation.end)
+            if cursor.next_bucket >= bucket_of(end_ts + BUCKET_S) and cursor.next_hour >= end_ts:
+                walk.finish(state=state)
+                cursor.done = True
+        cursor.state = state
+        cursor.save()
+        summary.allocations += 1
+        for finding in Finding.objects.filter(pk__in=sink.created):
+            if finding.ended is not None:
+                # It had already ended when detection first saw it (history, an outage):
+                # the digest reports it, nobody gets an e-mail about the past.
+                finding.detected_late = True
+                finding.save(update_fields=["detected_late"])
+                summary.late += 1
+            else:
+                summary.notifications += finding_opened_notify(finding=finding, now=now)
+        summary.new_findings.extend(sink.created)
+
+
+def silent_gpus_detect(*, now: dt.datetime, book: PolicyBook, summary: DetectionSummary) -> None:
+    """``silent_gpu``: a GPU of an active node that reported before and has now been quiet
+    for more than ``silent_intervals`` expected intervals (live state, not rollups)."""
+    gpus = Gpu.objects.filter(node__is_active=True, last_seen_at__isnull=False).select_related(
+        "node"
+    )
+    open_findings = {
+        f.subject: f for f in Finding.objects.filter(rule=Rule.SILENT_GPU, status__in=ACTIVE)
+    }
+    for gpu in gpus:
+        policy = book.resolve(cluster_id=gpu.node.cluster_id)
+        last = gpu.last_seen_at
+        quiet_s = (now - last).total_seconds()
+        silent = policy.silent_gpu_enabled and quiet_s > (
+            policy.silent_intervals * gpu.node.sample_interval_s
+        )
+        subject = f"gpu:{gpu.id}"
+        finding = open_findings.get(subject)
+        if silent and finding is None:
+            holder = (
+                Allocation.objects.filter(allocation_gpus__gpu=gpu, start__lte=last)
+                .filter(Q(end__isnull=True) | Q(end__gt=last))
+                .order_by("-start")
+                .first()
+            )
+            try:
+                with transaction.atomic():
+                    finding = Finding.objects.create(
+                        rule=Rule.SILENT_GPU,
+                        subject=subject,
+                        allocation=holder,
+                        project_id=holder.project_id if holder else None,
+                        started=last,
+                        last_seen=now,
+                        detected_at=now,
+                        severity=severity_of(
+                            rule=Rule.SILENT_GPU, wasted_gpu_hours=0, duration_h=quiet_s / HOUR_S
+                        ),
+                        detail={"node": gpu.node.hostname, "quiet_s": quiet_s},
+                    )
+                    finding.gpus.set([gpu])
+                    _event(finding, kind="opened", old="", at=now)
+                    summary.notifications += finding_opened_notify(finding=finding, now=now)
+            except IntegrityError:
+                continue  # another detector opened it a moment ago
+            summary.silent_opened += 1
+        elif finding is not None and silent:
+            finding.last_seen = now
+            finding.severity = severity_of(
+                rule=Rule.SILENT_GPU, wasted_gpu_hours=0, duration_h=quiet_s / HOUR_S
+            )
+            finding.save(update_fields=["last_seen", "severity"])
+        elif finding is not None:
+            old = finding.status
+            finding.status = Status.RESOLVED
+            finding.ended = gpu.last_seen_at
+            finding.resolved_at = now
+            finding.save()
+            _event(finding, kind="cleared", old=old, at=now, note="reporting again")
+            summary.silent_resolved += 1
+
+
+def snoozes_wake(*, now: dt.datetime) -> int:
+    """Snoozed findings whose time is up are open again (and due for reminders)."""
+    woke = 0
+    for finding in Finding.objects.filter(status=Status.SNOOZED, snoozed_until__lte=now):
+        with transaction.atomic():
+            changed = Finding.objects.filter(pk=finding.pk, status=Status.SNOOZED).update(
+                status=Status.OPEN
+            )
+            if changed == 1:
+                finding.status = Status.OPEN
+                _event(finding, kind="woke", old=Status.SNOOZED, at=now, note="snooze over")
+                woke += 1
+    return woke
+
+
+def waste_detect(*, now: dt.datetime | None = None, progress=None) -> DetectionSummary:
+    """Run every rule up to ``now``: the allocation rules from the rollups, silent GPUs from
+    the last-seen times; then queue reminders and the digest. Safe to run concurrently."""
+    now = now or timezone.now()
+    summary = DetectionSummary()
+    book = PolicyBook()
+    rates = RateLookup.load()
+    ids = list(_allocations_to_walk().values_list("id", flat=True))
+    for allocation_id in progress(ids) if progress else ids:
+        _walk_allocation(
+            allocation_id=allocation_id, now=now, book=book, rates=rates, summary=summary
+        )
+    silent_gpus_detect(now=now, book=book, summary=summary)
+    summary.woke = snoozes_wake(now=now)
+    summary.notifications += reminders_enqueue(now=now)
+    summary.notifications += digest_enqueue(now=now)
+    return summary
+
+
+# --- Findings lifecycle -----------------------------------------------------------------------
+
+
+def finding_acknowledge(*, finding: Finding, user, comment: str = "", now=None) -> Finding:
+    now = now or timezone.now()
+    _check_can_act(finding=finding, user=user)
+    if finding.status == Status.RESOLVED:
+        raise FindingActionError("this finding is already resolved")
+    old = finding.status
+    finding.status = Status.ACKNOWLEDGED
+    finding.acknowledged_by = user
+    finding.acknowledged_at = now
+    finding.comment = comment.strip()
+    finding.snoozed_until = None
+    finding.save()
+    _event(finding, kind="acknowledged", old=old, at=now, actor=user, note=finding.comment)
+    return finding
+
+
+def finding_snooze(*, finding: Finding, user, until: dt.datetime, now=None) -> Finding:
+    now = now or timezone.now()
+    _check_can_act(finding=finding, user=user)
+    if finding.status == Status.RESOLVED:
+        raise FindingActionError("this finding is already resolved")
+    if until <= now:
+        raise FindingActionError("snooze until: must be in the future")
+    old = finding.status
+    finding.status = Status.SNOOZED
+    finding.snoozed_until = until
+    finding.save()
+    _event(
+        finding,
+        kind="snoozed",
+        old=old,
+        at=now,
+        actor=user,
+        note=f"until {until:%Y-%m-%d %H:%M} UTC",
+    )
+    return finding
+
+
+def finding_resolve(*, finding: Finding, user, comment: str = "", now=None) -> Finding:
+    now = now or timezone.now()
+    _check_can_act(finding=finding, user=user)
+    if finding.status == Status.RESOLVED:
+        return finding
+    old = finding.status
+    finding.status = Status.RESOLVED
+    finding.resolved_at = now
+    if comment.strip():
+        finding.comment = comment.strip()
+    finding.save()
+    _event(finding, kind="resolved", old=old, at=now, actor=user, note=comment.strip())
+    return finding
+
+
+def _check_can_act(*, finding: Finding, user) -> None:
+    if finding.project is None:
+        from apps.tenancy.selectors import user_is_fleet_admin
+
+        allowed = user_is_fleet_admin(user=user)
+    else:
+        allowed = user_can_act_on_project(user=user, project=finding.project)
+    if not allowed:
+        raise FindingActionError("you may not act on this project's findings")
+
+
+# --- Notifications: who gets what -------------------------------------------------------------
+
+
+def _opted_out_ids() -> set[int]:
+    return set(
+        NotificationPreference.objects.filter(email_opt_out=True).values_list("user_id", flat=True)
+    )
+
+
+def _owner_recipients(project: Project | None):
+    if project is None:
+        return []
+    out = _opted_out_ids()
+    return [u for u in project.owners.filter(is_active=True) if u.email and u.pk not in out]
+
+
+def fleet_admins_for_digest():
+    User = get_user_model()
+    out = _opted_out_ids()
+    admins = (
+        User.objects.filter(is_active=True)
+        .filter(Q(is_superuser=True) | Q(groups__name=FLEET_ADMINS_GROUP))
+        .distinct()
+    )
+    return [u for u in admins if u.email and u.pk not in out]
+
+
+def _enqueue(rows: list[Notification]) -> int:
+    before = Notification.objects.filter(key__in=[r.key for r in rows]).count()
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    return Notification.objects.filter(key__in=[r.key for r in rows]).count() - before
+
+
+def finding_opened_notify(*, finding: Finding, now: dt.datetime) -> int:
+    """E-mail the project's owners and post to the team's webhooks, once per finding."""
+    rows = [
+        Notification(
+            key=f"opened:{finding.id}:email:{user.pk}",
+            channel="email",
+            kind="opened",
+            recipient=user.email,
+            user=user,
+            finding=finding,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for user in _owner_recipients(finding.project)
+    ]
+    if finding.project is not None:
+        for channel in Channel.objects.filter(team_id=finding.project.team_id, enabled=True):
+            rows.append(
+                Notification(
+                    key=f"opened:{finding.id}:webhook:{channel.pk}",
+                    channel="webhook",
+                    kind="opened",
+                    recipient=channel.url,
+                    webhook=channel,
+                    finding=finding,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+    return _enqueue(rows) if rows else 0
+
+
+def reminders_enqueue(*, now: dt.datetime) -> int:
+    """Every 24 h a finding stays open and unacknowledged, its owners get a reminder."""
+    period = dt.timedelta(seconds=getattr(settings, "FLOPWATCH_REMINDER_PERIOD_S", 86_400))
+    rows = []
+    for finding in Finding.objects.filter(
+        status=Status.OPEN, detected_late=False, detected_at__lte=now - period
+    ).select_related("project"):
+        number = int((now - finding.detected_at) / period)
+        for user in _owner_recipients(finding.project):
+            rows.append(
+                Notification(
+                    key=f"reminder:{finding.id}:{number}:email:{user.pk}",
+                    channel="email",
+                    kind="reminder",
+                    recipient=user.email,
+                    user=user,
+                    finding=finding,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+    return _enqueue(rows) if rows else 0
+
+
+def digest_period_start(*, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The digest period that has just ended: (start, end)."""
+    now = now.astimezone(dt.UTC)
+    if settings.FLOPWATCH_DIGEST_PERIOD == "hourly":
+        end = now.replace(minute=0, second=0, microsecond=0)
+        return end - dt.timedelta(hours=1), end
+    end = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return end - dt.timedelta(days=1), end
+
+
+def digest_enqueue(*, now: dt.datetime) -> int:
+    """One digest per fleet admin per period, if anything is open or was found late."""
+    start, end = digest_period_start(now=now)
+    anything = (
+        Finding.objects.filter(status__in=ACTIVE, detected_at__lt=end).exists()
+        or Finding.objects.filter(
+            detected_late=True, detected_at__gte=start, detected_at__lt=end
+        ).exists()
+    )
+    if not anything:
+        return 0
+    rows = [
+        Notification(
+            key=f"digest:{end:%Y-%m-%dT%H}:email:{user.pk}",
+            channel="email",
+            kind="digest",
+            recipient=user.email,
+            user=user,
+            digest_since=start,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for user in fleet_admins_for_digest()
+    ]
+    return _enqueue(rows) if rows else 0
+
+
+# --- Notifications: sending -------------------------------------------------------------------
+
+
+@dataclass
+class SendSummary:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def notification_claim(*, notification_id: int, now: dt.datetime) -> bool:
+    """Take one notification for sending. The UPDATE only matches a pending row that is due,
+    so of two workers racing for it exactly one sees one changed row."""
+    from django.db.models import F
+
+    changed = Notification.objects.filter(
+        pk=notification_id, state=Notification.State.PENDING, next_attempt_at__lte=now
+    ).update(state=Notification.State.SENDING, claimed_at=now, attempts=F("attempts") + 1)
+    return changed == 1
+
+
+def notifications_send_due(*, now: dt.datetime | None = None, limit: int = 200) -> SendSummary:
+    """Send every due notification this worker manages to claim."""
+    from apps.waste.transports import transport_for
+
+    now = now or timezone.now()
+    summary = SendSummary()
+    due = list(
+        Notification.objects.filter(state=Notification.State.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at", "id")
+        .values_list("id", flat=True)[:limit]
+    )
+    for notification_id in due:
+        if not notification_claim(notification_id=notification_id, now=now):
+            summary.skipped += 1
+            continue
+        notification = Notification.objects.select_related(
+            "finding", "finding__project", "finding__allocation", "webhook", "user"
+        ).get(pk=notification_id)
+        outcome = transport_for(notification.channel).deliver(notification=notification, now=now)
+        setattr(summary, outcome, getattr(summary, outcome) + 1)
+    return summary
