@@ -11,4 +11,17 @@ MINUTE = 60
 
 BEAT_SCHEDULE: dict[str, dict] = {}
 
+# Waste detection walks the rollups forward from its cursors and queues notifications; the
+# sender picks up retries whose backoff has passed.
+BEAT_SCHEDULE["waste-detect"] = {
+    "task": "apps.waste.tasks.waste_detect_task",
+    "schedule": 5 * MINUTE,
+    "options": {"expires": 5 * MINUTE},
+}
+BEAT_SCHEDULE["waste-notifications-send"] = {
+    "task": "apps.waste.tasks.notifications_send_task",
+    "schedule": MINUTE,
+    "options": {"expires": MINUTE},
+}
+
 __all__ = ["BEAT_SCHEDULE", "crontab"]

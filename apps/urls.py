@@ -18,5 +18,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("", include("apps.waste.urls")),
+    path("chargeback/", include("apps.chargeback.urls")),
     path("", include("apps.dashboard.urls")),
 ]
