@@ -682,3 +682,17 @@ def chargeback_history(
             series["cost"][index] += row.cost
             series["busy_cost"][index] += row.busy_cost
     return {"months": [str(month) for month in sequence], "teams": dict(sorted(teams.items()))}
+
+
+def user_can_close_months(*, user) -> bool:
+    """Finance closes billing months (README roles)."""
+    from apps.tenancy.selectors import user_is_finance
+
+    return user_is_finance(user=user)
+
+
+def user_can_reopen_months(*, user) -> bool:
+    """Fleet admins reopen closed months, giving a reason."""
+    from apps.tenancy.selectors import user_is_fleet_admin
+
+    return user_is_fleet_admin(user=user)
