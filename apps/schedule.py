@@ -24,4 +24,17 @@ BEAT_SCHEDULE["waste-notifications-send"] = {
     "options": {"expires": MINUTE},
 }
 
+# Ingest: partitions for the coming days and retention of raw samples (hourly, so a missed
+# run costs nothing; dropping a day partition is instant), stale allocations every minute.
+BEAT_SCHEDULE["raw-samples-expire"] = {
+    "task": "apps.telemetry.ingest_tasks.raw_samples_expire_task",
+    "schedule": crontab(minute=17),
+    "options": {"expires": 30 * MINUTE},
+}
+BEAT_SCHEDULE["allocations-close-stale"] = {
+    "task": "apps.telemetry.ingest_tasks.allocations_close_stale_task",
+    "schedule": MINUTE,
+    "options": {"expires": MINUTE},
+}
+
 __all__ = ["BEAT_SCHEDULE", "crontab"]
