@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db import connection
+from django.utils import timezone
+
 from apps.telemetry.models import RollupPending
 
 BUCKET_S = 300
@@ -17,10 +20,32 @@ def bucket_of(ts: int) -> int:
     return ts - ts % BUCKET_S
 
 
+_MARK_BATCH = 500
+
+
 def rollup_pending_mark(*, pairs: Iterable[tuple[int, int]]) -> None:
-    """Mark (gpu_id, bucket) pairs; marking one twice is harmless."""
-    rows = [RollupPending(gpu_id=gpu_id, bucket=bucket) for gpu_id, bucket in set(pairs)]
-    RollupPending.objects.bulk_create(rows, ignore_conflicts=True, batch_size=2000)
+    """Mark (gpu_id, bucket) pairs; marking one twice is harmless.
+
+    A bucket marked again gets a newer ``marked_at``, so a rollup that claimed it earlier can
+    tell that samples arrived meanwhile and must leave the mark in place. Plain multi-row
+    upserts rather than ``bulk_create``: every sample batch marks tens to hundreds of
+    buckets, and Django's per-object preparation cost more than storing the samples.
+    """
+    rows = sorted(set(pairs))
+    if not rows:
+        return
+    now = timezone.now()
+    marked_at = now if connection.vendor == "postgresql" else now.isoformat(sep=" ")
+    table = RollupPending._meta.db_table
+    with connection.cursor() as cursor:
+        for i in range(0, len(rows), _MARK_BATCH):
+            chunk = rows[i : i + _MARK_BATCH]
+            values = ", ".join(["(%s, %s, %s)"] * len(chunk))
+            cursor.execute(
+                f"INSERT INTO {table} (gpu_id, bucket, marked_at) VALUES {values} "  # noqa: S608
+                "ON CONFLICT (gpu_id, bucket) DO UPDATE SET marked_at = excluded.marked_at",
+                [v for gpu_id, bucket in chunk for v in (int(gpu_id), int(bucket), marked_at)],
+            )
 
 
 def rollup_pending_mark_range(*, gpu_ids: Iterable[int], start_ts: int, end_ts: int) -> None:
