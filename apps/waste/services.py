@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from apps.chargeback.selectors import RateLookup
 from apps.fleet.models import Gpu
-from apps.tenancy.models import Allocation, Project
+from apps.tenancy.models import Allocation, AllocationGpu, Project
 from apps.tenancy.roles import FLEET_ADMINS_GROUP
 from apps.tenancy.selectors import user_can_act_on_project
 from apps.waste.detectors import (
@@ -175,46 +176,23 @@ def _allocations_to_walk():
 
 
 def _walk_allocation(
-    *, allocation_id: int, now: dt.datetime, book: PolicyBook, rates: RateLookup,
-    summary: DetectionSummary,
+    *, allocation: Allocation, gpus: list[Gpu], horizon: int, now: dt.datetime,
+    book: PolicyBook, rates: RateLookup, summary: DetectionSummary,
 ) -> None:  # fmt: skip
     with transaction.atomic():
-        allocation = Allocation.objects.select_related("project").get(pk=allocation_id)
-        start_ts = ts_of(allocation.start)
-        first_bucket = bucket_of(start_ts)
-        DetectionCursor.objects.bulk_create(
-            [
-                DetectionCursor(
-                    allocation=allocation,
-                    next_bucket=first_bucket,
-                    next_hour=start_ts - start_ts % HOUR_S,
-                )
-            ],
-            ignore_conflicts=True,
-        )
-        # Two detectors on one allocation take turns here, so a bucket is evaluated once.
+        # Two detectors on one allocation take turns here, so a bucket is evaluated once;
+        # the second one finds the cursor moved on and has nothing left to do.
         cursor = DetectionCursor.objects.select_for_update().get(allocation=allocation)
         if cursor.done:
             return
-        gpus = list(
-            Gpu.objects.filter(allocation_gpus__allocation=allocation).select_related(
-                "node", "mig_parent"
-            )
-        )
-        if not gpus:
-            return
         infos = {gpu.id: GpuInfo.of(gpu) for gpu in gpus}
-        cluster_id = gpus[0].node.cluster_id
         policy = book.resolve(
             project_id=allocation.project_id,
             team_id=allocation.project.team_id,
-            cluster_id=cluster_id,
+            cluster_id=gpus[0].node.cluster_id,
         )
         sink = _DbSink(now=now, summary=summary)
         walk = AllocationWalk(allocation, infos, policy, rates, sink)
-        horizon = allocation_horizon(
-            allocation=allocation, gpus=gpus, now=now, pending=pending_by_gpu(gpu_ids=list(infos))
-        )
         state = cursor.state or {}
         bucket_horizon = bucket_of(horizon)
         if bucket_horizon > cursor.next_bucket:
@@ -231,6 +209,8 @@ def _walk_allocation(
         cursor.state = state
         cursor.save()
         summary.allocations += 1
+        if not sink.created:
+            return
         for finding in Finding.objects.filter(pk__in=sink.created):
             if finding.ended is not None:
                 # It had already ended when detection first saw it (history, an outage):
@@ -327,11 +307,54 @@ def waste_detect(*, now: dt.datetime | None = None, progress=None) -> DetectionS
     summary = DetectionSummary()
     book = PolicyBook()
     rates = RateLookup.load()
-    ids = list(_allocations_to_walk().values_list("id", flat=True))
-    for allocation_id in progress(ids) if progress else ids:
-        _walk_allocation(
-            allocation_id=allocation_id, now=now, book=book, rates=rates, summary=summary
+    allocations = list(_allocations_to_walk())
+    ids = [a.id for a in allocations]
+    # Everything the horizons need, in a few queries for the whole fleet.
+    have_cursor = set(
+        DetectionCursor.objects.filter(allocation_id__in=ids).values_list(
+            "allocation_id", flat=True
         )
+    )
+    DetectionCursor.objects.bulk_create(
+        [
+            DetectionCursor(
+                allocation=a,
+                next_bucket=bucket_of(ts_of(a.start)),
+                next_hour=ts_of(a.start) - ts_of(a.start) % HOUR_S,
+            )
+            for a in allocations
+            if a.id not in have_cursor
+        ],
+        ignore_conflicts=True,
+    )
+    cursors = {
+        c[0]: (c[1], c[2])
+        for c in DetectionCursor.objects.filter(allocation_id__in=ids).values_list(
+            "allocation_id", "next_bucket", "next_hour"
+        )
+    }
+    gpus_of: dict[int, list[Gpu]] = defaultdict(list)
+    for link in AllocationGpu.objects.filter(allocation_id__in=ids).select_related(
+        "gpu__node", "gpu__mig_parent"
+    ):
+        gpus_of[link.allocation_id].append(link.gpu)
+    pending = pending_by_gpu(gpu_ids=[g.id for gpus in gpus_of.values() for g in gpus])
+    for allocation in progress(allocations) if progress else allocations:
+        gpus = gpus_of.get(allocation.id)
+        if not gpus:
+            continue
+        horizon = allocation_horizon(allocation=allocation, gpus=gpus, now=now, pending=pending)
+        next_bucket, next_hour = cursors[allocation.id]
+        if (
+            allocation.end is None
+            and bucket_of(horizon) <= next_bucket
+            and horizon - horizon % HOUR_S <= next_hour
+        ):
+            continue  # no new data since the last run
+        _walk_allocation(
+            allocation=allocation, gpus=gpus, horizon=horizon, now=now, book=book, rates=rates,
+            summary=summary,
+        )  # fmt: skip
     silent_gpus_detect(now=now, book=book, summary=summary)
     summary.woke = snoozes_wake(now=now)
     summary.notifications += reminders_enqueue(now=now)

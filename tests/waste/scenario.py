@@ -235,10 +235,12 @@ def last_seen_set(built: Built, *, now: dt.datetime) -> None:
     """Each GPU (and node) last reported at ``now`` or when its agent went quiet."""
     from apps.fleet.models import Gpu, Node
 
+    by_seen: dict[dt.datetime, list] = {}
     for key, gpu in built.gpus.items():
-        seen = min(now, h(built.specs[key].data_until_h))
-        Gpu.objects.filter(pk=gpu.pk).update(last_seen_at=seen)
-        Node.objects.filter(pk=gpu.node_id).update(last_seen_at=seen)
+        by_seen.setdefault(min(now, h(built.specs[key].data_until_h)), []).append(gpu)
+    for seen, gpus in by_seen.items():
+        Gpu.objects.filter(pk__in=[g.pk for g in gpus]).update(last_seen_at=seen)
+        Node.objects.filter(pk__in={g.node_id for g in gpus}).update(last_seen_at=seen)
 
 
 def findings_observed(built: Built) -> list[dict]:

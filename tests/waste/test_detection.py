@@ -149,7 +149,7 @@ def test_late_data_after_an_outage_yields_the_same_finding(built):
         if now < h(4):
             Gpu.objects.filter(pk=gpu.pk).update(last_seen_at=T0)  # nothing arrived yet
         waste_detect(now=now)
-        now += FIVE_MIN
+        now += 3 * FIVE_MIN
     finding = Finding.objects.get(rule="idle_allocation")
     assert (finding.started, finding.ended) == (h(1), h(3))
     assert finding.wasted_gpu_hours == pytest.approx(2.0)
