@@ -401,25 +401,23 @@ def statement_compute(*, month: BillingMonth, now: dt.datetime | None = None) ->
     from django.db.models import Sum
     from django.utils import timezone
 
+    from apps.fleet.models import Gpu
     from apps.telemetry.models import AllocationGpuHourly, CapacityDaily
-    from apps.tenancy.models import Project
+    from apps.tenancy.models import Allocation, Project
 
     lookup = RateLookup.load()
     segments = _rate_segments(month=month, lookup=lookup)
     usage: dict[tuple[int, str], _Acc] = defaultdict(_Acc)
+    # Grouped by allocation and GPU without joins (a join per hourly row is what makes the
+    # query slow on a big month); the few thousand groups are resolved in bulk afterwards.
+    groups: list[tuple[dt.date, dict]] = []
     for seg_start, seg_end in segments:
         day = seg_start.astimezone(billing_time_zone()).date()
         grouped = (
             AllocationGpuHourly.objects.filter(
                 hour__gte=_epoch(seg_start), hour__lt=_epoch(seg_end)
             )
-            .values(
-                "allocation__project_id",
-                "gpu__node__cluster_id",
-                "gpu__model_name",
-                "gpu__mig_profile",
-                "gpu__mig_parent__model_name",
-            )
+            .values("allocation_id", "gpu_id")
             .annotate(
                 allocated=Sum("allocated_s"),
                 observed=Sum("observed_s"),
@@ -428,23 +426,33 @@ def statement_compute(*, month: BillingMonth, now: dt.datetime | None = None) ->
             )
             .order_by()
         )
-        for group in grouped:
-            # A MIG instance is priced and reported as its parent's model.
-            model_name = group["gpu__mig_parent__model_name"] or group["gpu__model_name"]
-            rate = lookup.gpu_rate(
-                model_name=model_name,
-                mig_profile=group["gpu__mig_profile"],
-                cluster_id=group["gpu__node__cluster_id"],
-                day=day,
-            )
-            label = lookup.gpu_model_label(model_name=model_name)
-            usage[(group["allocation__project_id"], label)].add(
-                allocated=_dec(group["allocated"]),
-                observed=_dec(group["observed"]),
-                busy=_dec(group["busy"]),
-                idle=_dec(group["idle"]),
-                rate=rate,
-            )
+        groups += [(day, group) for group in grouped]
+    project_of = dict(
+        Allocation.objects.filter(pk__in={g["allocation_id"] for _, g in groups}).values_list(
+            "pk", "project_id"
+        )
+    )
+    gpus = Gpu.objects.select_related("node", "mig_parent").in_bulk(
+        {g["gpu_id"] for _, g in groups}
+    )
+    for day, group in groups:
+        gpu = gpus[group["gpu_id"]]
+        # A MIG instance is priced and reported as its parent's model.
+        model_name = gpu.mig_parent.model_name if gpu.mig_parent_id else gpu.model_name
+        rate = lookup.gpu_rate(
+            model_name=model_name,
+            mig_profile=gpu.mig_profile,
+            cluster_id=gpu.node.cluster_id,
+            day=day,
+        )
+        label = lookup.gpu_model_label(model_name=model_name)
+        usage[(project_of[group["allocation_id"]], label)].add(
+            allocated=_dec(group["allocated"]),
+            observed=_dec(group["observed"]),
+            busy=_dec(group["busy"]),
+            idle=_dec(group["idle"]),
+            rate=rate,
+        )
 
     projects = Project.objects.select_related("team").in_bulk({pid for pid, _ in usage})
     rows = []
