@@ -228,3 +228,9 @@ FLOPWATCH_DIGEST_PERIOD = env.choice(
     "FLOPWATCH_DIGEST_PERIOD", "daily", choices=("hourly", "daily")
 )
 FLOPWATCH_LINK_MAX_AGE_S = env.int("FLOPWATCH_LINK_MAX_AGE_S", 7 * 86_400, minimum=60)
+# Waste detection waits this long for a silent GPU's data before evaluating its allocation
+# without it; owners are reminded of an unacknowledged finding every FLOPWATCH_REMINDER_PERIOD_S;
+# a failed notification is retried after FLOPWATCH_NOTIFY_BACKOFF_S x 2^(attempt-1).
+FLOPWATCH_WASTE_LATE_WAIT_S = env.int("FLOPWATCH_WASTE_LATE_WAIT_S", 3600, minimum=0)
+FLOPWATCH_REMINDER_PERIOD_S = env.int("FLOPWATCH_REMINDER_PERIOD_S", 86_400, minimum=60)
+FLOPWATCH_NOTIFY_BACKOFF_S = env.int("FLOPWATCH_NOTIFY_BACKOFF_S", 60, minimum=1)

@@ -26,6 +26,8 @@ from tests.waste.scenario import (
 def fleet(transactional_db, personas):
     from apps.waste.models import Policy
 
+    require(database_is_postgres(), "concurrent workers need PostgreSQL (set DATABASE_URL)")
+
     Policy.objects.create(
         scope="project", project=personas.project_a2, low_efficiency_min_gpu_hours=10
     )
@@ -52,7 +54,6 @@ def _worker(now, barrier, errors):
 def test_two_workers_send_every_notification_once(fleet, personas, webhook_server, settings):
     from apps.waste.models import Channel, Finding, Notification
 
-    require(database_is_postgres(), "concurrent workers need PostgreSQL (set DATABASE_URL)")
     settings.FLOPWATCH_DIGEST_PERIOD = "hourly"
     server = webhook_server()
     Channel.objects.create(team=personas.team_a, url=server.url)
