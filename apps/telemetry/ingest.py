@@ -303,11 +303,10 @@ def batch_check(
         for key in entry:
             if key not in SERIES_KEYS:
                 errors.add(f"{path}.{key}", "unknown field")
-                ok = False
         gpu = entry.get("gpu")
         if not isinstance(gpu, str) or not gpu.strip() or len(gpu) > 100:
             errors.add(f"{path}.gpu", "required: the GPU's UUID")
-            ok = False
+            gpu = ""  # keep checking its values; the batch is refused anyway
         alloc = _check_alloc(errors, entry.get("alloc"), f"{path}.alloc")
         ts = entry.get("ts")
         if not isinstance(ts, list):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -57,8 +56,6 @@ _COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _partitions_lock = threading.Lock()
 _partitions_known: set[int] = set()
 _partitions_checked_at = 0.0
-# Raw psycopg connections that already have the staging table.
-_staged_connections: weakref.WeakSet = weakref.WeakSet()
 
 
 def day_of(ts: int) -> int:
@@ -96,16 +93,18 @@ def copy_buffer(columns: list[tuple[np.ndarray, str]]) -> bytes:
 
 
 def _stage_ensure(cursor) -> None:
-    raw = cursor.connection
-    if raw in _staged_connections:
-        return
+    """Create the session's staging table if needed, and empty it: one round trip.
+
+    Not cached per connection: a staging table created in a transaction that rolled back is
+    gone again, and ``IF NOT EXISTS`` costs less than finding that out.
+    """
     value_cols = ", ".join(f"{name} double precision" for name in VALUE_FIELDS)
+    # No parameters: psycopg sends it as a simple query, so both statements go in one trip.
     # ON COMMIT DELETE ROWS: the staging rows vanish with the transaction that wrote them.
     cursor.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (gpu_id bigint, ts bigint, {value_cols}) "
-        "ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (gpu_id bigint, ts bigint, {value_cols}) "  # noqa: S608
+        f"ON COMMIT DELETE ROWS; DELETE FROM {STAGE}"
     )
-    _staged_connections.add(raw)
 
 
 def _store_postgres(gpu_ids: np.ndarray, ts: np.ndarray, values: Mapping[str, np.ndarray]) -> int:
@@ -129,8 +128,6 @@ def _store_postgres(gpu_ids: np.ndarray, ts: np.ndarray, values: Mapping[str, np
             f"FROM {STAGE} ON CONFLICT DO NOTHING"
         )
         inserted = cursor.rowcount
-        # Within a long transaction (a CSV import) the next chunk must not see these rows.
-        cursor.execute(f"DELETE FROM {STAGE}")  # noqa: S608
     return inserted
 
 
