@@ -36,10 +36,15 @@ class GpuModelAlias(models.Model):
 
     def save(self, *args, **kwargs):
         # Look-ups compare normalised names; storing anything else would make the alias dead.
+        self.clean()
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        # Before the admin's uniqueness check, so "NVIDIA  H100" collides with "nvidia h100"
+        # as a form error rather than a database error.
         from apps.chargeback.selectors import gpu_model_name_normalise
 
         self.name = gpu_model_name_normalise(self.name)
-        super().save(*args, **kwargs)
 
 
 class Rate(models.Model):

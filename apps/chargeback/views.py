@@ -82,6 +82,10 @@ def statement(request):
         "can_close": user_can_close_months(user=request.user),
         "can_reopen": user_can_reopen_months(user=request.user),
         "csv_url": csv_url,
+        # Models used without a price cost nothing: say so rather than bill zero silently.
+        "unpriced": sorted(
+            {row.gpu_model for row in data.rows if row.rate == 0 and row.allocated_gpu_hours}
+        ),
     }
     return render(request, "chargeback/statement.html", context)
 

@@ -226,3 +226,13 @@ def test_closed_csv_is_frozen(client, october):
     job = allocation_make(project=october.project_b1, gpus=[gpu], start=ts("2026-10-30T00:00"))
     hours_make(allocation=job, gpu=gpu, first=ts("2026-10-30T00:00"), count=5)
     assert _get(client, october.finance).content == before
+
+
+def test_unpriced_models_are_flagged(client, october):
+    gpu = gpu_make(model="NVIDIA B200")
+    job = allocation_make(project=october.project_b1, gpus=[gpu], start=ts("2026-10-03T00:00"))
+    hours_make(allocation=job, gpu=gpu, first=ts("2026-10-03T00:00"), count=2)
+    client.force_login(october.finance)
+    html = client.get("/chargeback/?month=2026-10").content.decode()
+    assert 'id="unpriced"' in html
+    assert "No rate for NVIDIA B200" in html

@@ -116,3 +116,12 @@ def test_finance_and_admins_may_edit_the_rate_card(personas):
         assert user.has_perm("chargeback.change_rate")
         assert user.has_perm("chargeback.add_gpumodelalias")
     assert not personas.member.has_perm("chargeback.change_rate")
+
+
+def test_alias_clean_normalises_before_the_uniqueness_check():
+    from django.core.exceptions import ValidationError
+
+    model = GpuModel.objects.get(slug="h100")
+    alias = GpuModelAlias(gpu_model=model, name="NVIDIA   H100")
+    with pytest.raises(ValidationError):
+        alias.full_clean()
