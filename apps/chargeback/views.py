@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -62,7 +63,7 @@ def statement(request):
     )
     csv_url = reverse("chargeback:csv", kwargs={"month": str(month)})
     if team_slug:
-        csv_url += f"?team={team_slug}"
+        csv_url += "?" + urlencode({"team": team_slug})
     context = {
         "month": month,
         "current_month": current,
