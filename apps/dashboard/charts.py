@@ -88,6 +88,7 @@ def trend_figure(series: TrendSeries) -> go.Figure:
             y_title="efficiency %",
             yaxis2={
                 "title": {"text": "GPUs allocated"},
+                "tickformat": ",.1~f",
                 "overlaying": "y",
                 "side": "right",
                 "rangemode": "tozero",

@@ -276,6 +276,7 @@ def gpu(request, filters, uuid: str):
         "charts": _line_charts(lines),
         "has_data": any(v is not None for s in lines.series for v in s["activity"]),
         "last_bucket": dt.datetime.fromtimestamp(last, tz=dt.UTC) if last else None,
+        "uses_charts": True,
     }
     return render(request, "dashboard/gpu.html", context)
 

@@ -9,6 +9,7 @@ other the way the rollups would write them.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,7 +29,11 @@ class DashData:
     job_b1: object
 
 
-def dash_data_build(personas, *, hours: int = 48, now: dt.datetime | None = None) -> DashData:
+def dash_data_build(
+    personas, *, hours: int = 48, now: dt.datetime | None = None, varied: bool = False
+) -> DashData:
+    """Build the fleet; ``varied`` makes activity follow a daily wave (for screenshots)
+    instead of the constant levels the page tests assert on."""
     from apps.chargeback.models import GpuModel, GpuModelAlias, Rate
     from apps.chargeback.selectors import gpu_model_name_normalise
     from apps.fleet.models import Cluster, Gpu, Node
@@ -114,9 +119,16 @@ def dash_data_build(personas, *, hours: int = 48, now: dt.datetime | None = None
     for g in gpus:
         job, act, mem = profile.get(g.id, (None, 0.0, 0.0))
         job_end = int(job.end.timestamp()) if job and job.end else end_ts
+        hour_busy: dict[int, float] = {}
         for bucket in range(start_ts, end_ts, 300):
             held = job is not None and bucket < job_end
             a = act if held else 0.0
+            if varied and held and a > 0:
+                phase = 2 * math.pi * ((bucket % 86400) / 86400 + g.id * 0.17)
+                a = max(0.0, min(1.0, a * (0.6 + 0.45 * math.sin(phase))))
+            if held:
+                hour = bucket - bucket % 3600
+                hour_busy[hour] = hour_busy.get(hour, 0.0) + 300.0 * a
             m = mem if held else 0.0
             idle = 300.0 if a < 0.01 else 0.0
             rollups.append(
@@ -153,7 +165,7 @@ def dash_data_build(personas, *, hours: int = 48, now: dt.datetime | None = None
                     hour=hour,
                     allocated_s=float(secs),
                     observed_s=float(secs),
-                    busy_s=secs * a,
+                    busy_s=hour_busy.get(hour, 0.0) if varied else secs * a,
                     idle_s=idle,
                     mem_held_idle_s=idle,
                 )
