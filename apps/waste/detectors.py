@@ -8,9 +8,9 @@ longer holds (or with the allocation). Because a run depends only on the rollup 
 order of buckets, never on when detection happened to look, a day of history imported in one
 go yields the same findings, start times and totals as the same day arriving live.
 
-A bucket is evaluated only once its data is in: every GPU of the allocation has reported past
-the bucket's end (``Gpu.last_seen_at``) and no rollup of it is still pending. A GPU silent for
-longer than ``FLOPWATCH_WASTE_LATE_WAIT_S`` stops holding back the allocation's other GPUs
+A bucket is evaluated only once its data is in: every GPU of the allocation has sent data for a
+later bucket and no rollup of it is still pending (see ``allocation_horizon``). A GPU silent
+for longer than ``FLOPWATCH_WASTE_LATE_WAIT_S`` stops holding back the allocation's other GPUs
 (``silent_gpu`` reports it instead).
 
 Buckets without data (a GPU covered less than half the bucket) are a pause: they neither
@@ -292,20 +292,32 @@ class AllocationWalk:
 
 
 def allocation_horizon(
-    *, allocation: Allocation, gpus: list[Gpu], now: dt.datetime, pending: dict[int, int]
+    *,
+    allocation: Allocation,
+    gpus: list[Gpu],
+    now: dt.datetime,
+    pending: dict[int, int],
+    data_end: dict[int, int],
 ) -> int:
-    """The end (epoch seconds) of the data that is in for every GPU of the allocation."""
+    """The end (epoch seconds) of the buckets whose data is in for every GPU of the allocation.
+
+    A bucket is complete once its GPU has sent data for a later bucket (agents and spools
+    send in order), so ``data_end`` (the newest bucket with samples, per GPU) bounds it, not
+    ``last_seen_at``, which is when a batch *arrived* and says nothing about which minutes it
+    covered. GPUs quiet for longer than ``FLOPWATCH_WASTE_LATE_WAIT_S`` stop holding back the
+    others; when all are quiet, everything that did arrive is evaluated.
+    """
     now_ts = ts_of(now)
     late_wait = getattr(settings, "FLOPWATCH_WASTE_LATE_WAIT_S", 3600)
-    seen = [ts_of(g.last_seen_at) for g in gpus if g.last_seen_at is not None]
-    horizon = now_ts
-    if seen:
-        freshest = max(seen)
-        # A GPU silent for long stops holding back the others.
-        waiting_for = [ts for ts in seen if ts >= freshest - late_wait]
-        horizon = min(horizon, min(waiting_for))
-    elif gpus:
-        horizon = now_ts - late_wait
+    fresh = [
+        g for g in gpus if g.last_seen_at is not None and now_ts - ts_of(g.last_seen_at) < late_wait
+    ]
+    if fresh:
+        horizon = min(data_end.get(g.id, 0) for g in fresh)
+    else:
+        ends = [data_end[g.id] + BUCKET_S for g in gpus if g.id in data_end]
+        horizon = max(ends) if ends else 0
+    horizon = min(horizon, now_ts)
     for gpu in gpus:
         if gpu.id in pending:
             horizon = min(horizon, pending[gpu.id])
@@ -316,6 +328,19 @@ def allocation_horizon(
             horizon = max(horizon, min(end_ts + BUCKET_S, now_ts))
         horizon = min(horizon, end_ts + BUCKET_S)
     return horizon
+
+
+def data_end_by_gpu(*, gpu_ids: list[int], since: int) -> dict[int, int]:
+    """The newest bucket with samples per GPU, looking only from ``since`` (the oldest
+    cursor) so the query reads recent rows, not months of them."""
+    from django.db.models import Max
+
+    return dict(
+        GpuRollup5m.objects.filter(gpu_id__in=gpu_ids, bucket__gte=since, samples__gt=0)
+        .values("gpu_id")
+        .annotate(last=Max("bucket"))
+        .values_list("gpu_id", "last")
+    )
 
 
 def pending_by_gpu(*, gpu_ids: list[int]) -> dict[int, int]:

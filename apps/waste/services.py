@@ -32,6 +32,7 @@ from apps.waste.detectors import (
     GpuInfo,
     allocation_horizon,
     bucket_of,
+    data_end_by_gpu,
     dt_of,
     pending_by_gpu,
     ts_of,
@@ -338,12 +339,17 @@ def waste_detect(*, now: dt.datetime | None = None, progress=None) -> DetectionS
         "gpu__node", "gpu__mig_parent"
     ):
         gpus_of[link.allocation_id].append(link.gpu)
-    pending = pending_by_gpu(gpu_ids=[g.id for gpus in gpus_of.values() for g in gpus])
+    all_gpu_ids = sorted({g.id for gpus in gpus_of.values() for g in gpus})
+    pending = pending_by_gpu(gpu_ids=all_gpu_ids)
+    oldest = min((c[0] for c in cursors.values()), default=0)
+    data_end = data_end_by_gpu(gpu_ids=all_gpu_ids, since=oldest - BUCKET_S)
     for allocation in progress(allocations) if progress else allocations:
         gpus = gpus_of.get(allocation.id)
         if not gpus:
             continue
-        horizon = allocation_horizon(allocation=allocation, gpus=gpus, now=now, pending=pending)
+        horizon = allocation_horizon(
+            allocation=allocation, gpus=gpus, now=now, pending=pending, data_end=data_end
+        )
         next_bucket, next_hour = cursors[allocation.id]
         if (
             allocation.end is None

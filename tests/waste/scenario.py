@@ -14,6 +14,8 @@ from decimal import Decimal
 
 T0 = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
 END = T0 + dt.timedelta(hours=6)
+# Data runs one bucket past END: a bucket counts once a later one has data.
+DATA_END_H = 6 + 5 / 60
 H100 = "NVIDIA H100 80GB HBM3"
 H100_MIB = 81559
 RATE = Decimal("2.00")
@@ -40,7 +42,7 @@ class GpuSpec:
     node: str
     index: int
     plan: Plan
-    data_until_h: float = 6.0  # the agent stops reporting here (silent node)
+    data_until_h: float = DATA_END_H  # the agent stops reporting here (silent node)
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Built:
     gpus: dict[str, object]  # "n1/0" -> Gpu
     jobs: dict[str, object]  # external id -> Allocation
     specs: dict[str, GpuSpec]
+    holder: dict[int, object] = field(default_factory=dict)  # gpu id -> Allocation
 
 
 def fleet_build(scenario: Scenario, personas) -> Built:
@@ -145,6 +148,7 @@ def fleet_build(scenario: Scenario, personas) -> Built:
     nodes: dict[str, Node] = {}
     gpus: dict[str, Gpu] = {}
     specs: dict[str, GpuSpec] = {}
+    holder: dict[int, object] = {}
     for spec in scenario.gpus:
         node = nodes.get(spec.node) or Node.objects.create(cluster=cluster, hostname=spec.node)
         nodes[spec.node] = node
@@ -162,73 +166,65 @@ def fleet_build(scenario: Scenario, personas) -> Built:
             start=h(job.start_h), end=h(job.end_h) if job.end_h is not None else None,
         )  # fmt: skip
         for node, index in job.gpus:
-            AllocationGpu.objects.create(allocation=allocation, gpu=gpus[f"{node}/{index}"])
+            gpu = gpus[f"{node}/{index}"]
+            AllocationGpu.objects.create(allocation=allocation, gpu=gpu)
+            holder[gpu.id] = allocation
         jobs[job.external_id] = allocation
-    return Built(gpus, jobs, specs)
+    return Built(gpus, jobs, specs, holder)
 
 
-def rollups_build(built: Built, *, hours: float = 6.0) -> None:
-    """5-minute and hourly rollup rows as the rollup would compute them from the plan."""
+def rollups_build(
+    built: Built, *, start_h: float = 0.0, end_h: float = DATA_END_H, only: set | None = None
+) -> None:
+    """5-minute rollup rows for buckets in [start_h, end_h) as the rollup would compute them
+    from the plan, and the hourly rows of the hours that end inside that range."""
     from apps.telemetry.models import AllocationGpuHourly, GpuRollup5m
 
     t0 = int(T0.timestamp())
-    rows = []
-    hourly: dict[tuple[int, int, int], dict] = {}
-    holder = {}
-    for allocation in built.jobs.values():
-        for gpu in allocation.gpus.all():
-            holder[gpu.id] = allocation
+    holder = built.holder
+    lo, hi = round(start_h * 3600), round(end_h * 3600)
+    rows, hourly = [], []
     for key, gpu in built.gpus.items():
+        if only is not None and key not in only:
+            continue
         spec = built.specs[key]
-        for offset in range(0, int(min(hours, spec.data_until_h) * 3600), 300):
-            activity, mem = spec.plan(offset)
-            idle = activity < 0.01
-            rows.append(
-                GpuRollup5m(
+        data_end = round(spec.data_until_h * 3600)
+        for offset in range(lo - lo % 300, min(hi, data_end), 300):
+            rows.append(_rollup_row(gpu, t0, offset, spec.plan(offset), gpu.id in holder))
+        if gpu.id not in holder:
+            continue
+        for hour in range(0, min(hi, data_end) - 3599, 3600):
+            if not lo < hour + 3600 <= hi:
+                continue
+            cells = [spec.plan(o) for o in range(hour, hour + 3600, 300)]
+            hourly.append(
+                AllocationGpuHourly(
+                    allocation=holder[gpu.id],
                     gpu=gpu,
-                    bucket=t0 + offset,
-                    samples=30,
-                    covered_s=300,
-                    missing_s=0,
-                    allocated_s=300 if gpu.id in holder else 0,
-                    busy_s=activity * 300,
-                    idle_s=300 if idle else 0,
-                    mem_held_idle_s=300 if idle and mem > 1024 else 0,
-                    util_mean=activity * 100,
-                    util_max=activity * 100,
-                    mem_used_mean_mib=mem,
-                    mem_used_max_mib=mem,
-                    activity_source="util",
+                    hour=t0 + hour,
+                    allocated_s=3600,
+                    observed_s=3600,
+                    busy_s=sum(a * 300 for a, _ in cells),
+                    idle_s=sum(300 for a, _ in cells if a < 0.01),
+                    mem_held_idle_s=sum(300 for a, m in cells if a < 0.01 and m > 1024),
                 )
             )
-            if gpu.id in holder:
-                hour = t0 + offset - offset % 3600
-                cell = hourly.setdefault(
-                    (holder[gpu.id].id, gpu.id, hour),
-                    {"allocated_s": 0, "observed_s": 0, "busy_s": 0, "idle_s": 0, "mem": 0},
-                )
-                cell["allocated_s"] += 300
-                cell["observed_s"] += 300
-                cell["busy_s"] += activity * 300
-                cell["idle_s"] += 300 if idle else 0
-                cell["mem"] += 300 if idle and mem > 1024 else 0
     GpuRollup5m.objects.bulk_create(rows, batch_size=2000)
-    AllocationGpuHourly.objects.bulk_create(
-        [
-            AllocationGpuHourly(
-                allocation_id=a,
-                gpu_id=g,
-                hour=hr,
-                allocated_s=c["allocated_s"],
-                observed_s=c["observed_s"],
-                busy_s=c["busy_s"],
-                idle_s=c["idle_s"],
-                mem_held_idle_s=c["mem"],
-            )
-            for (a, g, hr), c in hourly.items()
-        ],
-        batch_size=2000,
-    )
+    AllocationGpuHourly.objects.bulk_create(hourly, batch_size=2000)
+
+
+def _rollup_row(gpu, t0: int, offset: int, cell: tuple[float, float], allocated: bool):
+    from apps.telemetry.models import GpuRollup5m
+
+    activity, mem = cell
+    idle = activity < 0.01
+    return GpuRollup5m(
+        gpu=gpu, bucket=t0 + offset, samples=30, covered_s=300, missing_s=0,
+        allocated_s=300 if allocated else 0, busy_s=activity * 300,
+        idle_s=300 if idle else 0, mem_held_idle_s=300 if idle and mem > 1024 else 0,
+        util_mean=activity * 100, util_max=activity * 100,
+        mem_used_mean_mib=mem, mem_used_max_mib=mem, activity_source="util",
+    )  # fmt: skip
 
 
 def last_seen_set(built: Built, *, now: dt.datetime) -> None:

@@ -33,7 +33,6 @@ def fleet(transactional_db, personas):
     )
     scenario = labelled_scenario()
     built = fleet_build(scenario, personas)
-    rollups_build(built)
     built.expected = scenario.expected
     return built
 
@@ -59,8 +58,12 @@ def test_two_workers_send_every_notification_once(fleet, personas, webhook_serve
     Channel.objects.create(team=personas.team_a, url=server.url)
     Channel.objects.create(team=personas.team_b, url=server.url + "-b")
     errors: list[Exception] = []
-    now = T0 + dt.timedelta(minutes=15)
+    step = dt.timedelta(minutes=15)
+    now = T0 + step
     while now <= END:
+        # rollups arrive as time goes by; both workers then detect and send at once
+        rollups_build(fleet, start_h=(now - step - T0) / dt.timedelta(hours=1),
+                      end_h=(now - T0) / dt.timedelta(hours=1))  # fmt: skip
         last_seen_set(fleet, now=now)
         barrier = threading.Barrier(2)
         threads = [threading.Thread(target=_worker, args=(now, barrier, errors)) for _ in range(2)]
@@ -69,7 +72,7 @@ def test_two_workers_send_every_notification_once(fleet, personas, webhook_serve
         for thread in threads:
             thread.join(timeout=60)
         assert not errors, errors
-        now += dt.timedelta(minutes=15)
+        now += step
 
     # one finding per rule and subject, as labelled
     rules = Counter(Finding.objects.values_list("rule", flat=True))
