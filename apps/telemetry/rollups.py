@@ -1,0 +1,717 @@
+# ruff: noqa: S608 -- SQL here interpolates only constants and our own table names.
+"""Raw samples -> rollup tables, set-based in the database.
+
+How a number is counted (DESIGN.md "Metrics and definitions", made exact here):
+
+* **Activity** of a sample: ``sm_active`` when present, else ``util_pct / 100``; on a MIG
+  instance ``gr_engine_active`` comes first (then ``sm_active``, then ``util_pct``). A sample
+  with none of them has no activity: its time is not *covered* (it can say neither busy nor
+  idle), although it still ends the previous sample's time.
+* **Duration**: a sample stands for the time until the next sample of the same GPU, capped at
+  ``2 x sample_interval_s`` of its node; the last sample before a gap (or the newest sample)
+  stands for the cap. The rest of a gap is missing data.
+* A sample's time is **split at 5-minute boundaries** (a sample at 298 s with 20 s counts 2 s in
+  its own bucket and 18 s in the next) and **intersected with allocation spans** to the second.
+* **Idle**: activity below ``FLOPWATCH_IDLE_ACTIVITY`` (default 0.01); **memory-held idle**:
+  idle while ``mem_used_mib > 1024``; **busy** = activity x seconds.
+* **Allocated** seconds of an allocation x GPU x hour are its span inside the hour whether
+  observed or not (an open allocation runs until ``now``). Two allocations holding one GPU at
+  the same time are each counted the full time (each was handed the GPU and each pays for it);
+  ``GpuRollup5m.allocated_s`` and capacity count the union (the GPU was held once).
+* **Capacity** of a UTC day counts physical GPUs (MIG instances are part of their parent) from
+  their ``first_seen_at`` (a GPU registered by hand without it counts from the day's start)
+  until the day's end or ``now``; a physical GPU is allocated while it or any of its MIG
+  instances is held.
+
+Crash safety: one chunk of pending buckets is claimed, recomputed and deleted from
+``RollupPending`` in one transaction; a worker killed in the middle rolls back and leaves the
+marks, so the next run does the same work again. Rows are replaced whole (delete + insert),
+never incremented, so any number of runs, in any order, ends with the same rows.
+
+Every aggregation is one ``INSERT ... SELECT`` over all claimed buckets at once (window
+``LEAD`` for durations, ``GROUP BY`` for buckets and hours), the same SQL on PostgreSQL and
+SQLite; Python only loops over allocations and days, never over samples.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.telemetry.models import (
+    AllocationGpuHourly,
+    CapacityDaily,
+    GpuRollup5m,
+    RawSample,
+    RollupPending,
+    UsageDaily,
+)
+
+BUCKET_S = 300
+HOUR_S = 3600
+DAY_S = 86400
+MEM_HELD_MIB = 1024.0
+# Advisory lock key of the rollup on PostgreSQL ("flopwatch rollup" as a number): only one
+# worker recomputes at a time, a second one returns at once instead of fighting over rows.
+_LOCK_KEY = 0x0F10_2011
+
+
+def idle_threshold() -> float:
+    return float(getattr(settings, "FLOPWATCH_IDLE_ACTIVITY", 0.01))
+
+
+def _t(model) -> str:
+    return model._meta.db_table
+
+
+def _epoch(moment: dt.datetime) -> int:
+    return math.floor(moment.timestamp())
+
+
+def _pg() -> bool:
+    return connection.vendor == "postgresql"
+
+
+# --- Work tables ------------------------------------------------------------------------------
+# Per-connection temporary tables hold the claimed buckets and what they touch, so every step
+# is one set-based statement joined to them.
+
+_TEMP_TABLES = {
+    "fw_claim": "gpu_id bigint, bucket bigint, marked_at {ts}",
+    "fw_gpu": "gpu_id bigint PRIMARY KEY, cap bigint, mig integer",
+    "fw_isl": "gpu_id bigint, tlo bigint, thi bigint",
+    "fw_src": "gpu_id bigint, bucket bigint",
+    "fw_pisl": "gpu_id bigint, tlo bigint, thi bigint",
+    "fw_off": "j bigint",
+    "fw_num": "n bigint",
+    "fw_hour": "gpu_id bigint, hour bigint",
+    "fw_alloc": "allocation_id bigint, gpu_id bigint, s bigint, e bigint",
+    "fw_span": "gpu_id bigint, s bigint, e bigint",
+}
+_TEMP_INDEXES = {
+    "fw_hour": "(gpu_id, hour)",
+    "fw_alloc": "(gpu_id, s)",
+    "fw_span": "(gpu_id, s)",
+    "fw_isl": "(gpu_id, tlo)",
+}
+
+
+def _temp_tables_reset(cursor) -> None:
+    ts_type = "timestamptz" if _pg() else "text"
+    for name, columns in _TEMP_TABLES.items():
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns.format(ts=ts_type)})")
+        cursor.execute(f"DELETE FROM {name}")
+    for name, columns in _TEMP_INDEXES.items():
+        cursor.execute(f"CREATE INDEX IF NOT EXISTS {name}_idx ON {name} {columns}")
+
+
+def _analyze(cursor, *names: str) -> None:
+    # Autovacuum never sees temporary tables: without statistics PostgreSQL guesses a
+    # thousand rows and picks nested loops over a hundred thousand.
+    if _pg():
+        for name in names:
+            cursor.execute(f"ANALYZE {name}")
+
+
+def _islands_build(cursor, *, src: str, dst: str, pad: int, gap: int) -> None:
+    """Collapse (gpu_id, bucket) rows of ``src`` into per-GPU ranges [tlo, thi) widened by
+    ``pad`` seconds each side; buckets closer than ``gap`` fall into one range (the buckets
+    between them are recomputed too, which keeps the read ranges of two islands apart)."""
+    cursor.execute(
+        f"""
+        INSERT INTO {dst} (gpu_id, tlo, thi)
+        SELECT gpu_id, MIN(bucket) - %s, MAX(bucket) + {BUCKET_S} + %s
+        FROM (
+            SELECT gpu_id, bucket,
+                   SUM(brk) OVER (PARTITION BY gpu_id ORDER BY bucket
+                                  ROWS UNBOUNDED PRECEDING) AS grp
+            FROM (
+                SELECT gpu_id, bucket,
+                       CASE WHEN bucket - LAG(bucket) OVER (PARTITION BY gpu_id ORDER BY bucket)
+                                 <= %s THEN 0 ELSE 1 END AS brk
+                FROM (SELECT DISTINCT gpu_id, bucket FROM {src}) d
+            ) x
+        ) y
+        GROUP BY gpu_id, grp
+        """,
+        [pad, pad, gap],
+    )
+
+
+def _pieces_sql(*, islands: str, pad: int) -> str:
+    """SQL of every piece of sample time inside the islands' buckets.
+
+    Columns: gpu_id, b (bucket), j (0 = the sample's own bucket), lo, hi (epoch seconds of
+    the piece), act (activity or NULL), prof (1 profiling source, 0 util, NULL none),
+    util_pct, sm, mem, power. Samples are read ``pad`` seconds beyond each island so that
+    every sample inside sees its successor and every sample spilling in is present.
+    """
+    raw = _t(RawSample)
+    return f"""
+        SELECT p.gpu_id, p.b, p.j, p.lo, p.hi, p.act, p.prof, p.util_pct, p.sm, p.mem, p.power
+        FROM (
+            SELECT s.gpu_id, s.tlo, s.thi, s.ts + 0 AS ts, s.b0 + {BUCKET_S} * o.j AS b, o.j,
+                   CASE WHEN o.j = 0 THEN s.ts ELSE s.b0 + {BUCKET_S} * o.j END AS lo,
+                   CASE WHEN s.ts + s.d < s.b0 + {BUCKET_S} * (o.j + 1) THEN s.ts + s.d
+                        ELSE s.b0 + {BUCKET_S} * (o.j + 1) END AS hi,
+                   s.act, s.prof, s.util_pct, s.sm, s.mem, s.power
+            FROM (
+                SELECT r.gpu_id, r.tlo, r.thi, r.ts, r.ts - r.ts %% {BUCKET_S} AS b0,
+                       CASE WHEN r.nts IS NULL OR r.nts - r.ts > r.cap THEN r.cap
+                            ELSE r.nts - r.ts END AS d,
+                       CASE WHEN r.mig = 1
+                            THEN COALESCE(r.gr_engine_active, r.sm_active, r.util_pct / 100.0)
+                            ELSE COALESCE(r.sm_active, r.util_pct / 100.0) END AS act,
+                       CASE WHEN r.mig = 1 AND (r.gr_engine_active IS NOT NULL
+                                                OR r.sm_active IS NOT NULL) THEN 1
+                            WHEN r.mig = 0 AND r.sm_active IS NOT NULL THEN 1
+                            WHEN r.util_pct IS NOT NULL THEN 0 END AS prof,
+                       r.util_pct,
+                       CASE WHEN r.mig = 1 THEN COALESCE(r.gr_engine_active, r.sm_active)
+                            ELSE r.sm_active END AS sm,
+                       r.mem_used_mib AS mem, r.power_w AS power
+                FROM (
+                    SELECT i.gpu_id, i.tlo, i.thi, g.cap, g.mig, x.ts, x.util_pct, x.sm_active,
+                           x.gr_engine_active, x.mem_used_mib, x.power_w,
+                           LEAD(x.ts) OVER (PARTITION BY x.gpu_id, i.tlo ORDER BY x.ts) AS nts
+                    FROM {islands} i
+                    JOIN fw_gpu g ON g.gpu_id = i.gpu_id
+                    JOIN {raw} x ON x.gpu_id = i.gpu_id
+                         AND x.ts >= i.tlo - {pad} AND x.ts < i.thi + {pad}
+                ) r
+            ) s
+            JOIN fw_off o ON s.b0 + {BUCKET_S} * o.j < s.ts + s.d
+        ) p
+        WHERE p.hi > p.lo AND p.b >= p.tlo AND p.b < p.thi
+    """
+
+
+# --- The steps --------------------------------------------------------------------------------
+
+
+def _claim(cursor, *, limit: int) -> int:
+    pending = _t(RollupPending)
+    cursor.execute(
+        f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
+        f"SELECT gpu_id, bucket, marked_at FROM {pending} ORDER BY gpu_id, bucket LIMIT %s",
+        [limit],
+    )
+    cursor.execute("SELECT COUNT(*) FROM fw_claim")
+    return cursor.fetchone()[0]
+
+
+def _gpus_load(cursor) -> int:
+    """Cap (2 intervals) and MIG flag of every claimed GPU; returns the largest cap."""
+    cursor.execute(
+        """
+        INSERT INTO fw_gpu (gpu_id, cap, mig)
+        SELECT g.id, 2 * n.sample_interval_s, CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
+        FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
+        WHERE g.id IN (SELECT DISTINCT gpu_id FROM fw_claim)
+        """
+    )
+    cursor.execute("SELECT MAX(cap) FROM fw_gpu")
+    return int(cursor.fetchone()[0] or 2 * settings.FLOPWATCH_DEFAULT_INTERVAL_S)
+
+
+def _allocations_load(cursor, *, now_ts: int, lo: int, hi: int, open_hours: bool) -> int:
+    """Allocation spans (clipped at ``now``) of the claimed GPUs overlapping [lo, hi) into
+    ``fw_alloc``, their per-GPU union into ``fw_span``; with ``open_hours`` the current and
+    previous hour of every open allocation join the hours to recompute (so held-but-silent
+    GPUs still accrue allocated time). Loops over allocations, never samples."""
+    from django.db.models import Q
+
+    from apps.tenancy.models import AllocationGpu
+
+    cursor.execute("SELECT gpu_id FROM fw_gpu")
+    gpu_ids = [row[0] for row in cursor.fetchall()]
+    lo_dt = dt.datetime.fromtimestamp(lo, tz=dt.UTC)
+    hi_dt = dt.datetime.fromtimestamp(hi, tz=dt.UTC)
+    rows = AllocationGpu.objects.filter(gpu_id__in=gpu_ids, allocation__start__lt=hi_dt).filter(
+        Q(allocation__end__isnull=True) | Q(allocation__end__gt=lo_dt)
+    )
+    spans: list[tuple[int, int, int, int]] = []
+    for allocation_id, gpu_id, start, end in rows.values_list(
+        "allocation_id", "gpu_id", "allocation__start", "allocation__end"
+    ):
+        s = _epoch(start)
+        e = min(_epoch(end) if end is not None else now_ts, now_ts)
+        if e > s:
+            spans.append((allocation_id, gpu_id, s, e))
+    extra_hours: set[tuple[int, int]] = set()
+    if open_hours:
+        hour_now = now_ts - now_ts % HOUR_S
+        held = AllocationGpu.objects.filter(allocation__end__isnull=True).values_list(
+            "allocation_id", "gpu_id", "allocation__start"
+        )
+        known = {(a, g) for a, g, _, _ in spans}
+        for allocation_id, gpu_id, start in held:
+            s = _epoch(start)
+            if s >= now_ts:
+                continue
+            for hour in (hour_now - HOUR_S, hour_now):
+                if hour + HOUR_S > s:
+                    extra_hours.add((gpu_id, hour))
+            if (allocation_id, gpu_id) not in known:
+                spans.append((allocation_id, gpu_id, s, now_ts))
+                known.add((allocation_id, gpu_id))
+        if extra_hours:
+            cursor.executemany(
+                "INSERT INTO fw_hour (gpu_id, hour) VALUES (%s, %s)", sorted(extra_hours)
+            )
+    if spans:
+        cursor.executemany(
+            "INSERT INTO fw_alloc (allocation_id, gpu_id, s, e) VALUES (%s, %s, %s, %s)", spans
+        )
+    merged: list[tuple[int, int, int]] = []
+    by_gpu: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for _, gpu_id, s, e in spans:
+        by_gpu[gpu_id].append((s, e))
+    for gpu_id, pairs in by_gpu.items():
+        for s, e in _union(pairs):
+            merged.append((gpu_id, s, e))
+    if merged:
+        cursor.executemany("INSERT INTO fw_span (gpu_id, s, e) VALUES (%s, %s, %s)", merged)
+    return len(spans)
+
+
+def _union(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for s, e in sorted(pairs):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _gpu_5m_recompute(cursor, *, pad: int) -> int:
+    """Replace every ``GpuRollup5m`` row inside the islands with one computed from raw."""
+    table = _t(GpuRollup5m)
+    cursor.execute(
+        f"""DELETE FROM {table} WHERE EXISTS (
+              SELECT 1 FROM fw_isl i WHERE i.gpu_id = {table}.gpu_id
+              AND {table}.bucket >= i.tlo AND {table}.bucket < i.thi)"""
+    )
+    thr = idle_threshold()
+    cursor.execute(
+        f"""
+        INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s, busy_s,
+            idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean, mem_used_mean_mib,
+            mem_used_max_mib, power_mean_w, energy_j, activity_source)
+        SELECT a.gpu_id, a.b, a.n, a.cov, {BUCKET_S} - a.cov,
+               COALESCE((SELECT SUM(CASE WHEN m.e < a.b + {BUCKET_S} THEN m.e
+                                         ELSE a.b + {BUCKET_S} END
+                                    - CASE WHEN m.s > a.b THEN m.s ELSE a.b END)
+                         FROM fw_span m WHERE m.gpu_id = a.gpu_id
+                         AND m.s < a.b + {BUCKET_S} AND m.e > a.b), 0),
+               a.busy, a.idle, a.held,
+               CASE WHEN a.util_s > 0 THEN a.util_w / a.util_s END, a.util_max,
+               CASE WHEN a.sm_s > 0 THEN a.sm_w / a.sm_s END,
+               CASE WHEN a.mem_s > 0 THEN a.mem_w / a.mem_s END, a.mem_max,
+               CASE WHEN a.pow_s > 0 THEN a.pow_w / a.pow_s END,
+               CASE WHEN a.pow_s > 0 THEN a.pow_w END,
+               CASE WHEN a.n_prof > 0 AND a.n_util > 0 THEN 'mixed'
+                    WHEN a.n_prof > 0 THEN 'sm_active'
+                    WHEN a.n_util > 0 THEN 'util' ELSE '' END
+        FROM (
+            SELECT gpu_id, b,
+                   SUM(CASE WHEN j = 0 THEN 1 ELSE 0 END) AS n,
+                   SUM(CASE WHEN act IS NOT NULL THEN hi - lo ELSE 0 END) AS cov,
+                   SUM(CASE WHEN act IS NOT NULL THEN act * (hi - lo) ELSE 0 END) AS busy,
+                   SUM(CASE WHEN act < %s THEN hi - lo ELSE 0 END) AS idle,
+                   SUM(CASE WHEN act < %s AND mem > %s THEN hi - lo ELSE 0 END) AS held,
+                   SUM(CASE WHEN util_pct IS NOT NULL THEN util_pct * (hi - lo) END) AS util_w,
+                   SUM(CASE WHEN util_pct IS NOT NULL THEN hi - lo ELSE 0 END) AS util_s,
+                   MAX(util_pct) AS util_max,
+                   SUM(CASE WHEN sm IS NOT NULL THEN sm * (hi - lo) END) AS sm_w,
+                   SUM(CASE WHEN sm IS NOT NULL THEN hi - lo ELSE 0 END) AS sm_s,
+                   SUM(CASE WHEN mem IS NOT NULL THEN mem * (hi - lo) END) AS mem_w,
+                   SUM(CASE WHEN mem IS NOT NULL THEN hi - lo ELSE 0 END) AS mem_s,
+                   MAX(mem) AS mem_max,
+                   SUM(CASE WHEN power IS NOT NULL THEN power * (hi - lo) END) AS pow_w,
+                   SUM(CASE WHEN power IS NOT NULL THEN hi - lo ELSE 0 END) AS pow_s,
+                   SUM(CASE WHEN prof = 1 THEN 1 ELSE 0 END) AS n_prof,
+                   SUM(CASE WHEN prof = 0 THEN 1 ELSE 0 END) AS n_util
+            FROM ({_pieces_sql(islands="fw_isl", pad=pad)}) pc
+            GROUP BY gpu_id, b
+        ) a
+        """,
+        [thr, thr, MEM_HELD_MIB],
+    )
+    return cursor.rowcount
+
+
+def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
+    """Replace every ``AllocationGpuHourly`` row of the (GPU, hour) pairs in ``fw_hour``.
+
+    Buckets wholly inside an allocation take the GPU's 5-minute row as it is; the (at most
+    two) buckets an allocation starts or ends inside are cut to the second from raw pieces.
+    """
+    table = _t(AllocationGpuHourly)
+    r5 = _t(GpuRollup5m)
+    cursor.execute(
+        f"""DELETE FROM {table} WHERE EXISTS (
+              SELECT 1 FROM fw_hour h WHERE h.gpu_id = {table}.gpu_id
+              AND h.hour = {table}.hour)"""
+    )
+    # Boundary buckets of allocations inside the hours to recompute.
+    cursor.execute("DELETE FROM fw_src")
+    cursor.execute("DELETE FROM fw_pisl")
+    cursor.execute(
+        f"""
+        INSERT INTO fw_src (gpu_id, bucket)
+        SELECT a.gpu_id, a.s - a.s %% {BUCKET_S} FROM fw_alloc a
+        JOIN fw_hour h ON h.gpu_id = a.gpu_id AND h.hour = a.s - a.s %% {HOUR_S}
+        WHERE a.s %% {BUCKET_S} <> 0
+        UNION
+        SELECT a.gpu_id, a.e - a.e %% {BUCKET_S} FROM fw_alloc a
+        JOIN fw_hour h ON h.gpu_id = a.gpu_id AND h.hour = a.e - a.e %% {HOUR_S}
+        WHERE a.e %% {BUCKET_S} <> 0
+        """,
+        [],
+    )
+    _islands_build(cursor, src="fw_src", dst="fw_pisl", pad=0, gap=gap)
+    _analyze(cursor, "fw_src", "fw_pisl")
+    thr = idle_threshold()
+    cursor.execute(
+        f"""
+        INSERT INTO {table} (allocation_id, gpu_id, hour, allocated_s, observed_s, busy_s,
+                             idle_s, mem_held_idle_s)
+        SELECT x.allocation_id, x.gpu_id, x.hour, x.alloc,
+               COALESCE(f.cov, 0) + COALESCE(q.cov, 0),
+               COALESCE(f.busy, 0) + COALESCE(q.busy, 0),
+               COALESCE(f.idle, 0) + COALESCE(q.idle, 0),
+               COALESCE(f.held, 0) + COALESCE(q.held, 0)
+        FROM (
+            SELECT a.allocation_id, a.gpu_id, h.hour,
+                   CASE WHEN a.e < h.hour + {HOUR_S} THEN a.e ELSE h.hour + {HOUR_S} END
+                   - CASE WHEN a.s > h.hour THEN a.s ELSE h.hour END AS alloc
+            FROM fw_alloc a
+            JOIN (SELECT DISTINCT gpu_id, hour FROM fw_hour) h
+              ON h.gpu_id = a.gpu_id AND a.s < h.hour + {HOUR_S} AND a.e > h.hour
+        ) x
+        LEFT JOIN (
+            SELECT a.allocation_id, a.gpu_id, r.bucket - r.bucket %% {HOUR_S} AS hour,
+                   SUM(r.covered_s) AS cov, SUM(r.busy_s) AS busy, SUM(r.idle_s) AS idle,
+                   SUM(r.mem_held_idle_s) AS held
+            FROM fw_alloc a
+            JOIN (SELECT DISTINCT gpu_id, hour FROM fw_hour) h ON h.gpu_id = a.gpu_id
+            JOIN {r5} r ON r.gpu_id = a.gpu_id
+                 AND r.bucket >= h.hour AND r.bucket < h.hour + {HOUR_S}
+                 AND r.bucket >= a.s AND r.bucket + {BUCKET_S} <= a.e
+            GROUP BY a.allocation_id, a.gpu_id, r.bucket - r.bucket %% {HOUR_S}
+        ) f ON f.allocation_id = x.allocation_id AND f.gpu_id = x.gpu_id AND f.hour = x.hour
+        LEFT JOIN (
+            SELECT a.allocation_id, pc.gpu_id, pc.b - pc.b %% {HOUR_S} AS hour,
+                   SUM(CASE WHEN pc.act IS NOT NULL THEN ov.sec ELSE 0 END) AS cov,
+                   SUM(CASE WHEN pc.act IS NOT NULL THEN pc.act * ov.sec ELSE 0 END) AS busy,
+                   SUM(CASE WHEN pc.act < %s THEN ov.sec ELSE 0 END) AS idle,
+                   SUM(CASE WHEN pc.act < %s AND pc.mem > %s THEN ov.sec ELSE 0 END) AS held
+            FROM ({_pieces_sql(islands="fw_pisl", pad=pad)}) pc
+            JOIN fw_alloc a ON a.gpu_id = pc.gpu_id AND a.s < pc.hi AND a.e > pc.lo
+                 AND (a.s > pc.b OR a.e < pc.b + {BUCKET_S})
+            GROUP BY a.allocation_id, pc.gpu_id, pc.b - pc.b %% {HOUR_S}
+        ) q ON q.allocation_id = x.allocation_id AND q.gpu_id = x.gpu_id AND q.hour = x.hour
+        WHERE x.alloc > 0
+        """.replace("ov.sec", _OVERLAP),
+        [thr, thr, MEM_HELD_MIB],
+    )
+    return cursor.rowcount
+
+
+_OVERLAP = "(CASE WHEN a.e < pc.hi THEN a.e ELSE pc.hi END - CASE WHEN a.s > pc.lo THEN a.s ELSE pc.lo END)"
+
+
+def _days_touched(cursor) -> set[int]:
+    cursor.execute(f"SELECT DISTINCT hour - hour %% {DAY_S} FROM fw_hour", [])
+    return {int(row[0]) // DAY_S for row in cursor.fetchall()}
+
+
+def _usage_daily_recompute(*, days: set[int]) -> int:
+    """Replace ``UsageDaily`` for whole UTC days from the hourly rows (days x projects x
+    models: a handful of rows, so Python only assembles them)."""
+    from django.db.models import F, Sum
+    from django.db.models.functions import Coalesce
+
+    if not days:
+        return 0
+    dates = [dt.date(1970, 1, 1) + dt.timedelta(days=d) for d in sorted(days)]
+    UsageDaily.objects.filter(day__in=dates).delete()
+    rows: list[UsageDaily] = []
+    for day_number, date in zip(sorted(days), dates, strict=True):
+        lo = day_number * DAY_S
+        grouped = (
+            AllocationGpuHourly.objects.filter(hour__gte=lo, hour__lt=lo + DAY_S)
+            .annotate(model=Coalesce(F("gpu__mig_parent__model_name"), F("gpu__model_name")))
+            .values(
+                "allocation__project_id",
+                "allocation__project__team_id",
+                "gpu__node__cluster_id",
+                "model",
+            )
+            .annotate(
+                allocated=Sum("allocated_s"),
+                observed=Sum("observed_s"),
+                busy=Sum("busy_s"),
+                idle=Sum("idle_s"),
+                held=Sum("mem_held_idle_s"),
+            )
+            .order_by()
+        )
+        for g in grouped:
+            rows.append(
+                UsageDaily(
+                    day=date,
+                    team_id=g["allocation__project__team_id"],
+                    project_id=g["allocation__project_id"],
+                    cluster_id=g["gpu__node__cluster_id"],
+                    gpu_model=g["model"],
+                    allocated_s=g["allocated"] or 0.0,
+                    observed_s=g["observed"] or 0.0,
+                    busy_s=g["busy"] or 0.0,
+                    idle_s=g["idle"] or 0.0,
+                    mem_held_idle_s=g["held"] or 0.0,
+                )
+            )
+    UsageDaily.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
+
+
+def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
+    """Replace ``CapacityDaily`` for whole UTC days (see the module docstring)."""
+    from django.db.models import Q, Sum
+
+    from apps.fleet.models import Gpu
+    from apps.tenancy.models import AllocationGpu
+
+    if not days:
+        return 0
+    dates = {d: dt.date(1970, 1, 1) + dt.timedelta(days=d) for d in sorted(days)}
+    CapacityDaily.objects.filter(day__in=list(dates.values())).delete()
+    lo_all = min(days) * DAY_S
+    hi_all = min((max(days) + 1) * DAY_S, now_ts)
+    if hi_all <= lo_all:
+        return 0
+    gpus = {
+        g["id"]: g
+        for g in Gpu.objects.filter(mig_parent__isnull=True).values(
+            "id", "model_name", "node__cluster_id", "first_seen_at"
+        )
+    }
+    # Allocation spans per physical GPU (MIG instances count for their parent).
+    spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    held = AllocationGpu.objects.filter(
+        allocation__start__lt=dt.datetime.fromtimestamp(hi_all, tz=dt.UTC)
+    ).filter(
+        Q(allocation__end__isnull=True)
+        | Q(allocation__end__gt=dt.datetime.fromtimestamp(lo_all, tz=dt.UTC))
+    )
+    for gpu_id, parent_id, start, end in held.values_list(
+        "gpu_id", "gpu__mig_parent_id", "allocation__start", "allocation__end"
+    ):
+        s = _epoch(start)
+        e = min(_epoch(end) if end is not None else now_ts, now_ts)
+        if e > s:
+            spans[parent_id or gpu_id].append((s, e))
+    acc: dict[tuple[int, int, str], list[float]] = {}
+    for day_number in sorted(days):
+        lo = day_number * DAY_S
+        hi = min(lo + DAY_S, now_ts)
+        if hi <= lo:
+            continue
+        day_busy = dict(
+            GpuRollup5m.objects.filter(
+                bucket__gte=lo, bucket__lt=lo + DAY_S, gpu__mig_parent__isnull=True
+            )
+            .values("gpu_id")
+            .annotate(total=Sum("busy_s"))
+            .values_list("gpu_id", "total")
+            .order_by()
+        )
+        for gpu_id, gpu in gpus.items():
+            first = _epoch(gpu["first_seen_at"]) if gpu["first_seen_at"] else lo
+            start = max(lo, first)
+            if start >= hi:
+                continue
+            allocated = sum(
+                max(0, min(e, hi) - max(s, start)) for s, e in _union(spans.get(gpu_id, []))
+            )
+            key = (day_number, gpu["node__cluster_id"], gpu["model_name"])
+            row = acc.setdefault(key, [0.0, 0.0, 0.0])
+            row[0] += hi - start
+            row[1] += allocated
+            row[2] += day_busy.get(gpu_id) or 0.0
+    rows = [
+        CapacityDaily(
+            day=dates[day_number],
+            cluster_id=cluster_id,
+            gpu_model=model,
+            capacity_s=cap,
+            allocated_s=alloc,
+            unallocated_s=cap - alloc,
+            busy_s=busy_s,
+        )
+        for (day_number, cluster_id, model), (cap, alloc, busy_s) in sorted(acc.items())
+    ]
+    CapacityDaily.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
+
+
+def _lock(cursor) -> bool:
+    """Take the rollup lock for this transaction; False when another worker holds it."""
+    if not _pg():
+        # SQLite transactions here are IMMEDIATE: the first writer holds the database and
+        # a second one waits for it, which already serialises the rollup.
+        return True
+    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK_KEY])
+    return bool(cursor.fetchone()[0])
+
+
+def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
+    """Claim, recompute and release up to ``limit`` pending buckets in one transaction.
+
+    Returns None when another worker holds the lock. ``tick`` adds the work that depends on
+    the clock rather than on marks: the current hours of open allocations and today's and
+    yesterday's capacity.
+    """
+    horizon = now_ts - settings.FLOPWATCH_RAW_RETENTION_DAYS * DAY_S + DAY_S
+    horizon -= horizon % BUCKET_S
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not _lock(cursor):
+            return None
+        _temp_tables_reset(cursor)
+        claimed = _claim(cursor, limit=limit)
+        if claimed == 0 and not tick:
+            return {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0}
+        cap = _gpus_load(cursor)
+        k = max(1, -(-cap // BUCKET_S))
+        kb = k * BUCKET_S
+        gap = BUCKET_S + 4 * kb
+        cursor.executemany("INSERT INTO fw_off (j) VALUES (%s)", [(j,) for j in range(k + 1)])
+        # Islands of buckets to recompute: the claimed ones widened by the k buckets a
+        # changed sample can reach (its own spill forward, its predecessor's time backward).
+        _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=gap)
+        cursor.execute("SELECT MIN(tlo), MAX(thi), MAX(thi - tlo) FROM fw_isl")
+        lo, hi, longest = cursor.fetchone()
+        if lo is not None:
+            hours = (int(longest) + 2 * HOUR_S) // HOUR_S + 1
+            cursor.executemany("INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(hours)])
+            cursor.execute(
+                f"""INSERT INTO fw_hour (gpu_id, hour)
+                    SELECT DISTINCT i.gpu_id, (i.tlo - i.tlo %% {HOUR_S}) + {HOUR_S} * n.n
+                    FROM fw_isl i JOIN fw_num n
+                      ON (i.tlo - i.tlo %% {HOUR_S}) + {HOUR_S} * n.n < i.thi""",
+                [],
+            )
+        else:
+            lo, hi = now_ts - HOUR_S, now_ts
+        if tick:
+            # Open allocations of GPUs outside the claim need their GPU rows too.
+            cursor.execute(
+                """INSERT INTO fw_gpu (gpu_id, cap, mig)
+                   SELECT g.id, 2 * n.sample_interval_s,
+                          CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
+                   FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
+                   WHERE g.id IN (SELECT ag.gpu_id FROM tenancy_allocationgpu ag
+                                  JOIN tenancy_allocation a ON a.id = ag.allocation_id
+                                  WHERE a."end" IS NULL)
+                     AND g.id NOT IN (SELECT gpu_id FROM fw_gpu)"""
+            )
+        _allocations_load(
+            cursor, now_ts=now_ts, lo=int(lo) - kb, hi=max(int(hi) + kb, now_ts), open_hours=tick
+        )
+        # 5-minute rows only where raw samples still exist: re-rolling a bucket past raw
+        # retention would replace a good row with an empty one.
+        cursor.execute("DELETE FROM fw_isl WHERE thi <= %s", [horizon])
+        cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [horizon, horizon])
+        _analyze(cursor, "fw_claim", "fw_gpu", "fw_isl", "fw_hour", "fw_alloc", "fw_span")
+        gpu_rows = _gpu_5m_recompute(cursor, pad=kb)
+        hourly_rows = _hourly_recompute(cursor, pad=kb, gap=gap)
+        days = _days_touched(cursor)
+        if tick:
+            today = now_ts // DAY_S
+            days |= {today, today - 1}
+        _usage_daily_recompute(days=days)
+        _capacity_daily_recompute(days=days, now_ts=now_ts)
+        # Release exactly what was claimed: a bucket marked again meanwhile has a newer
+        # marked_at and stays pending for the next run.
+        pending = _t(RollupPending)
+        cursor.execute(
+            f"""DELETE FROM {pending} WHERE EXISTS (
+                  SELECT 1 FROM fw_claim c WHERE c.gpu_id = {pending}.gpu_id
+                  AND c.bucket = {pending}.bucket
+                  AND c.marked_at = {pending}.marked_at)"""
+        )
+        return {
+            "buckets": claimed,
+            "gpu_rows": gpu_rows,
+            "hourly_rows": hourly_rows,
+            "days": len(days),
+        }
+
+
+def rollups_run_pending(
+    *,
+    now: dt.datetime | None = None,
+    chunk: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Recompute every pending bucket and what depends on it, synchronously.
+
+    Works in chunks of ``FLOPWATCH_ROLLUP_CHUNK`` pending buckets, one transaction each.
+    Returns a summary: buckets, gpu_rows, hourly_rows, days, chunks, seconds, and
+    ``busy: True`` when another worker held the lock (nothing done here; it does the work).
+    ``progress(done, total)`` is called after each chunk.
+    """
+    now = now or timezone.now()
+    now_ts = _epoch(now)
+    limit = chunk or int(getattr(settings, "FLOPWATCH_ROLLUP_CHUNK", 100_000))
+    started = time.monotonic()
+    total = RollupPending.objects.count()
+    summary = {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0, "chunks": 0}
+    tick = True
+    while True:
+        result = _chunk_run(now_ts=now_ts, limit=limit, tick=tick)
+        if result is None:
+            summary["busy"] = True
+            break
+        tick = False
+        summary["chunks"] += 1
+        for key in ("buckets", "gpu_rows", "hourly_rows", "days"):
+            summary[key] += result[key]
+        if progress:
+            progress(summary["buckets"], total)
+        if result["buckets"] < limit:
+            break
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    return summary
+
+
+def rollups_prune(*, now: dt.datetime | None = None) -> dict:
+    """Delete 5-minute rollups older than ``FLOPWATCH_ROLLUP_5M_RETENTION_DAYS`` and hourly
+    ones older than ``FLOPWATCH_HOURLY_RETENTION_DAYS``; daily rows are kept forever.
+    Idempotent: a second run finds nothing more to delete."""
+    now_ts = _epoch(now or timezone.now())
+    cut_5m = now_ts - settings.FLOPWATCH_ROLLUP_5M_RETENTION_DAYS * DAY_S
+    cut_hourly = now_ts - settings.FLOPWATCH_HOURLY_RETENTION_DAYS * DAY_S
+    deleted_5m, _ = GpuRollup5m.objects.filter(bucket__lt=cut_5m - cut_5m % BUCKET_S).delete()
+    deleted_hourly, _ = AllocationGpuHourly.objects.filter(
+        hour__lt=cut_hourly - cut_hourly % HOUR_S
+    ).delete()
+    return {"gpu_5m": deleted_5m, "hourly": deleted_hourly}
+
+
+__all__ = [
+    "BUCKET_S",
+    "idle_threshold",
+    "rollups_prune",
+    "rollups_run_pending",
+]
