@@ -118,8 +118,10 @@ def _store_postgres(gpu_ids: np.ndarray, ts: np.ndarray, values: Mapping[str, np
         for name in VALUE_FIELDS
     )
     names = ", ".join(VALUE_FIELDS)
-    with default_connection.cursor() as django_cursor:
-        cursor = django_cursor.cursor  # the psycopg cursor, for COPY
+    # The psycopg cursor itself, for COPY; wrap_database_errors turns its errors into Django's
+    # (OperationalError and friends), which callers already know how to answer.
+    with default_connection.cursor() as django_cursor, default_connection.wrap_database_errors:
+        cursor = django_cursor.cursor
         _stage_ensure(cursor)
         with cursor.copy(f"COPY {STAGE} FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(buffer)
