@@ -418,3 +418,11 @@ def _store(*, node: Node, checked: CheckedBatch, now: datetime, options: dict) -
     if spans:
         _allocations_attribute(spans=spans, team_by_label=options.get("team_by_label", False))
     return IngestResult(accepted=inserted, duplicates=checked.samples - inserted)
+
+
+def samples_csv_import(*, path: str, cluster: str = "imported", **kwargs: Any):
+    """Import a wide samples CSV (``manage.py import_samples``); see
+    :func:`apps.telemetry.ingest_csv.samples_csv_import`."""
+    from apps.telemetry.ingest_csv import samples_csv_import as run
+
+    return run(path=path, cluster=cluster, **kwargs)
