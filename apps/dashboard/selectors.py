@@ -639,7 +639,7 @@ def findings_open(*, projects: QuerySet[Project] | None, limit: int = 5) -> list
             for name in ("wasted_cost", "wasted_gpu_hours")
             if any(field.name == name for field in Finding._meta.get_fields())
         ]
-        return list(rows.order_by(*order, "-pk")[:limit])
+        return list(rows.select_related("project", "allocation").order_by(*order, "-pk")[:limit])
     except Exception:
         # A half-built waste app must not take the overview down with it.
         logger.exception("could not read findings")

@@ -330,3 +330,34 @@ def test_empty_states_say_what_to_do(client, personas):
     assert "flopwatch-agent --server" in body
     fleet = client.get(reverse("fleet")).content.decode()
     assert "No agent has reported yet" in fleet
+
+
+def test_worst_open_findings_are_listed_for_who_may_see_them(client, data):
+    waste = pytest.importorskip("apps.waste.models")
+    now = data.now
+    for project, job, cost in (
+        (data.job_a1.project, data.job_a1, "120.00"),
+        (data.job_b1.project, data.job_b1, "7.00"),
+    ):
+        waste.Finding.objects.create(
+            rule=waste.Finding._meta.get_field("rule").choices[0][0],
+            subject=f"alloc:{job.pk}",
+            allocation=job,
+            project=project,
+            started=now - dt.timedelta(hours=3),
+            last_seen=now,
+            detected_at=now,
+            wasted_gpu_hours=3.0,
+            wasted_cost=cost,
+            severity="warning",
+        )
+    assert client.login(username="admin", password=PASSWORD)
+    findings = client.get(reverse("home")).context["findings"]
+    assert [f.allocation.external_id for f in findings] == ["slurm:1001", "slurm:2001"]
+    client.logout()
+    assert client.login(username="outsider", password=PASSWORD)
+    body = client.get(reverse("home")).content.decode()
+    assert "slurm:2001" in body
+    assert "slurm:1001" not in body
+    project_page = client.get(reverse("project", args=["b1"])).content.decode()
+    assert "$7.00" in project_page
