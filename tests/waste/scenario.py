@@ -127,14 +127,11 @@ class Built:
     holder: dict[int, object] = field(default_factory=dict)  # gpu id -> Allocation
 
 
-def fleet_build(scenario: Scenario, personas) -> Built:
-    """Cluster, nodes, GPUs, allocations and a rate card for the scenario (no telemetry)."""
+def rate_card_ensure(*, cluster) -> None:
+    """H100 at RATE per GPU-hour in the cluster (reusing the model the migrations seed)."""
     from apps.chargeback.models import GpuModel, GpuModelAlias, Rate
     from apps.chargeback.selectors import gpu_model_name_normalise
-    from apps.fleet.models import Cluster, Gpu, Node
-    from apps.tenancy.models import Allocation, AllocationGpu, Project
 
-    cluster = Cluster.objects.create(slug="c1", name="Cluster 1")
     alias = GpuModelAlias.objects.filter(name=gpu_model_name_normalise(H100)).first()
     if alias is None:
         model = GpuModel.objects.create(slug="h100-test", name="H100 test")
@@ -145,6 +142,15 @@ def fleet_build(scenario: Scenario, personas) -> Built:
         gpu_model=model, cluster=cluster, effective_from=dt.date(2026, 1, 1),
         price_per_gpu_hour=RATE,
     )  # fmt: skip
+
+
+def fleet_build(scenario: Scenario, personas) -> Built:
+    """Cluster, nodes, GPUs, allocations and a rate card for the scenario (no telemetry)."""
+    from apps.fleet.models import Cluster, Gpu, Node
+    from apps.tenancy.models import Allocation, AllocationGpu, Project
+
+    cluster = Cluster.objects.create(slug="c1", name="Cluster 1")
+    rate_card_ensure(cluster=cluster)
     nodes: dict[str, Node] = {}
     gpus: dict[str, Gpu] = {}
     specs: dict[str, GpuSpec] = {}
@@ -237,6 +243,63 @@ def last_seen_set(built: Built, *, now: dt.datetime) -> None:
     for seen, gpus in by_seen.items():
         Gpu.objects.filter(pk__in=[g.pk for g in gpus]).update(last_seen_at=seen)
         Node.objects.filter(pk__in={g.node_id for g in gpus}).update(last_seen_at=seen)
+
+
+def gpu_uuid(key: str) -> str:
+    node, index = key.split("/")
+    return f"GPU-{node}-{index}-0000"
+
+
+def sample_batches(scenario: Scenario, *, start_s: int, end_s: int, interval: int = 30):
+    """Contract batches (one per node) with the plan's samples in [start_s, end_s)."""
+    jobs = {f"{n}/{i}": job for job in scenario.jobs for n, i in job.gpus}
+    t0 = int(T0.timestamp())
+    by_node: dict[str, list[GpuSpec]] = {}
+    for spec in scenario.gpus:
+        by_node.setdefault(spec.node, []).append(spec)
+    for node, specs in by_node.items():
+        series = []
+        for spec in specs:
+            key = f"{spec.node}/{spec.index}"
+            last = min(end_s, round(spec.data_until_h * 3600))
+            offsets = list(range(start_s - start_s % interval, last, interval))
+            offsets = [o for o in offsets if o >= start_s]
+            if not offsets:
+                continue
+            cells = [spec.plan(o) for o in offsets]
+            job = jobs.get(key)
+            series.append(
+                {
+                    "gpu": gpu_uuid(key),
+                    "alloc": {"job": job.external_id, "project": job.project, "user": "alice"}
+                    if job
+                    else None,
+                    "ts": [t0 + o for o in offsets],
+                    "util_pct": [a * 100 for a, _ in cells],
+                    "mem_used_mib": [m for _, m in cells],
+                    "power_w": [300.0] * len(offsets),
+                }
+            )
+        if not series:
+            continue
+        yield (
+            node,
+            {
+                "node": node,
+                "batch_id": f"{node}-{start_s}",
+                "agent": {"version": "0.1.0", "source": "sim", "interval_s": interval},
+                "gpus": [
+                    {
+                        "uuid": gpu_uuid(f"{s.node}/{s.index}"),
+                        "index": s.index,
+                        "model": H100,
+                        "mem_total_mib": H100_MIB,
+                    }
+                    for s in specs
+                ],
+                "series": series,
+            },
+        )
 
 
 def findings_observed(built: Built) -> list[dict]:
