@@ -16,7 +16,7 @@ from apps.tenancy.selectors import teams_visible_to, user_can_act_on_project, us
 from apps.waste import services
 from apps.waste.forms import AcknowledgeForm, FindingFilterForm, ResolveForm, SnoozeForm
 from apps.waste.links import LinkError, action_token_read
-from apps.waste.models import Channel, Finding, Status
+from apps.waste.models import Channel, Finding, NotificationPreference, Status
 from apps.waste.selectors import findings_visible_to
 
 ACTIVE = (Status.OPEN, Status.ACKNOWLEDGED, Status.SNOOZED)
@@ -62,8 +62,24 @@ def findings(request):
             "teams": teams,
             "broken_channels": broken,
             "snooze_form": SnoozeForm(),
+            "opted_out": NotificationPreference.objects.filter(
+                user=request.user, email_opt_out=True
+            ).exists(),
         },
     )
+
+
+@require_POST
+def preferences(request):
+    """Opt out of (or back into) waste e-mails: owner alerts, reminders, the digest."""
+    opt_out = request.POST.get("email_opt_out") == "1"
+    NotificationPreference.objects.update_or_create(
+        user=request.user, defaults={"email_opt_out": opt_out}
+    )
+    messages.success(
+        request, "You will get no more waste e-mails." if opt_out else "Waste e-mails are on."
+    )
+    return redirect("waste:findings")
 
 
 def finding(request, pk: int):

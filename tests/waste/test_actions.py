@@ -163,3 +163,15 @@ def test_api_findings_contract_and_visibility(make_finding, personas, client):
     assert [r["project"] for r in rows] == ["b1"]
     bad = client.get("/api/v1/findings", HTTP_AUTHORIZATION="Bearer nope")
     assert bad.status_code == 401
+
+
+def test_user_opts_out_and_back_in_from_the_findings_page(personas, client):
+    from apps.waste.models import NotificationPreference
+
+    client.force_login(personas.owner)
+    assert b"Turn off" in client.get("/findings/").content
+    client.post("/findings/preferences/", {"email_opt_out": "1"})
+    assert NotificationPreference.objects.get(user=personas.owner).email_opt_out
+    assert b"Turn on" in client.get("/findings/").content
+    client.post("/findings/preferences/", {"email_opt_out": "0"})
+    assert not NotificationPreference.objects.get(user=personas.owner).email_opt_out
