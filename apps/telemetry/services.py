@@ -25,7 +25,12 @@ from apps.telemetry.ingest import (
 )
 from apps.telemetry.models import AllocationSeen
 from apps.telemetry.pending import BUCKET_S, rollup_pending_mark, rollup_pending_mark_range
-from apps.telemetry.storage import raw_partitions_ensure, raw_partitions_forget, raw_samples_store
+from apps.telemetry.storage import (
+    raw_partitions_ensure,
+    raw_partitions_forget,
+    raw_samples_store,
+    raw_stage_prepare,
+)
 from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
 
 __all__ = [
@@ -79,6 +84,12 @@ _cache_lock = threading.Lock()
 _gpu_cache: dict[tuple, tuple[float, tuple, dict[str, int]]] = {}
 # node id -> monotonic time its last_seen_at was last written
 _node_seen_written: dict[tuple, float] = {}
+# (allocation id, created_at) -> (monotonic time, GPU ids known linked)
+_links_known: dict[tuple, tuple[float, frozenset[int]]] = {}
+# (allocation id, created_at) -> last_ts this process wrote to AllocationSeen
+_seen_written: dict[tuple, int] = {}
+LINKS_CACHE_S = 30.0
+SEEN_SLACK_S = 60
 
 
 def ingest_caches_clear() -> None:
@@ -86,6 +97,8 @@ def ingest_caches_clear() -> None:
     with _cache_lock:
         _gpu_cache.clear()
         _node_seen_written.clear()
+        _links_known.clear()
+        _seen_written.clear()
     node_token_cache_clear()
     raw_partitions_forget()
 
@@ -246,7 +259,7 @@ def _allocations_attribute(*, spans: dict[str, _JobSpan], team_by_label: bool = 
     keys = {job: (job_source(job), job) for job in spans}
     found = {
         (a.source, a.external_id): a
-        for a in Allocation.objects.filter(
+        for a in Allocation.objects.select_related("seen").filter(
             external_id__in=[k[1] for k in keys.values()],
             source__in={k[0] for k in keys.values()},
         )
@@ -285,15 +298,34 @@ def _allocations_attribute(*, spans: dict[str, _JobSpan], team_by_label: bool = 
         allocations[job] = allocation
 
     # GPUs of each allocation: link the new ones and mark the allocation's span for them.
-    alloc_ids = [a.pk for a in allocations.values()]
-    linked = set(
-        AllocationGpu.objects.filter(allocation_id__in=alloc_ids).values_list(
-            "allocation_id", "gpu_id"
-        )
-    )
+    # Links known to exist are cached briefly per process (links are only ever added).
+    now_m = time.monotonic()
+    with _cache_lock:
+        known = {
+            job: _links_known.get((a.pk, a.created_at), (0.0, frozenset()))
+            for job, a in allocations.items()
+        }
+    unknown_jobs = [
+        job
+        for job, a in allocations.items()
+        if now_m - known[job][0] >= LINKS_CACHE_S or not spans[job].gpu_ids <= known[job][1]
+    ]
+    linked: dict[int, set[int]] = {}
+    if unknown_jobs:
+        for alloc_id, gpu_id in AllocationGpu.objects.filter(
+            allocation_id__in=[allocations[j].pk for j in unknown_jobs]
+        ).values_list("allocation_id", "gpu_id"):
+            linked.setdefault(alloc_id, set()).add(gpu_id)
     new_links = []
-    for job, allocation in allocations.items():
-        new = sorted(g for g in spans[job].gpu_ids if (allocation.pk, g) not in linked)
+    for job in unknown_jobs:
+        allocation = allocations[job]
+        have = linked.get(allocation.pk, set())
+        new = sorted(spans[job].gpu_ids - have)
+        with _cache_lock:
+            _links_known[(allocation.pk, allocation.created_at)] = (
+                now_m,
+                frozenset(have | spans[job].gpu_ids),
+            )
         if not new:
             continue
         new_links += [AllocationGpu(allocation_id=allocation.pk, gpu_id=g) for g in new]
@@ -304,25 +336,44 @@ def _allocations_attribute(*, spans: dict[str, _JobSpan], team_by_label: bool = 
     if new_links:
         AllocationGpu.objects.bulk_create(new_links, ignore_conflicts=True)
 
-    # Last seen, and re-opening what the grace period closed too early.
-    seen = {
-        s.allocation_id: s
-        for s in AllocationSeen.objects.filter(allocation_id__in=alloc_ids, closed_by_grace=True)
-    }
+    # Re-open what the grace period closed too early. ``seen`` came with the select above
+    # (a new allocation has none; asking it would cost a query).
+    found_ids = {a.pk for a in found.values()}
+
+    def seen_of(allocation: Allocation) -> AllocationSeen | None:
+        return getattr(allocation, "seen", None) if allocation.pk in found_ids else None
+
     for job, allocation in allocations.items():
         span = spans[job]
-        if allocation.end is not None and allocation.pk in seen:
-            end_ts = int(allocation.end.timestamp())
-            if span.high > end_ts:
-                Allocation.objects.filter(pk=allocation.pk).update(end=None)
-                AllocationSeen.objects.filter(pk=allocation.pk).update(closed_by_grace=False)
-                allocation.end = None
-                rollup_pending_mark_range(
-                    gpu_ids=list(allocation.gpus.values_list("pk", flat=True)),
-                    start_ts=end_ts,
-                    end_ts=span.high,
-                )
-    rows = sorted((a.pk, spans[job].high) for job, a in allocations.items())
+        seen = seen_of(allocation)
+        if allocation.end is None or seen is None or not seen.closed_by_grace:
+            continue
+        end_ts = int(allocation.end.timestamp())
+        if span.high > end_ts:
+            Allocation.objects.filter(pk=allocation.pk).update(end=None)
+            AllocationSeen.objects.filter(pk=allocation.pk).update(closed_by_grace=False)
+            allocation.end = None
+            rollup_pending_mark_range(
+                gpu_ids=list(allocation.gpus.values_list("pk", flat=True)),
+                start_ts=end_ts,
+                end_ts=span.high,
+            )
+
+    # Last seen: written when it moved on by more than a few intervals (the grace period is
+    # minutes), so a steady stream of batches does not rewrite the row every time.
+    slack = min(SEEN_SLACK_S, settings.FLOPWATCH_ALLOCATION_GRACE_S // 4)
+    rows = []
+    for job, allocation in allocations.items():
+        high = spans[job].high
+        key = (allocation.pk, allocation.created_at)
+        seen = seen_of(allocation)
+        with _cache_lock:
+            stored = max(_seen_written.get(key, -1), seen.last_ts if seen else -1)
+        if stored < 0 or high > stored + slack:
+            rows.append((allocation.pk, high))
+            with _cache_lock:
+                _seen_written[key] = max(high, stored)
+    rows.sort()
     if rows:
         greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
         table = AllocationSeen._meta.db_table
@@ -371,6 +422,7 @@ def gpu_samples_ingest(
         raise IngestForbidden(f"this token is for node {node.hostname}, not {checked.node}")
     if checked.samples:
         raw_partitions_ensure(start_ts=int(checked.ts.min()), end_ts=int(checked.ts.max()))
+        raw_stage_prepare()
     try:
         return _store(node=node, checked=checked, now=now, options=options)
     except IntegrityError:

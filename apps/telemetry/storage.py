@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -56,6 +57,8 @@ _COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 _partitions_lock = threading.Lock()
 _partitions_known: set[int] = set()
 _partitions_checked_at = 0.0
+# Raw psycopg connections whose staging table was created outside a transaction.
+_staged_connections: weakref.WeakSet = weakref.WeakSet()
 
 
 def day_of(ts: int) -> int:
@@ -92,19 +95,33 @@ def copy_buffer(columns: list[tuple[np.ndarray, str]]) -> bytes:
     return b"".join((_COPY_HEADER, rows.tobytes(), _COPY_TRAILER))
 
 
-def _stage_ensure(cursor) -> None:
-    """Create the session's staging table if needed, and empty it: one round trip.
-
-    Not cached per connection: a staging table created in a transaction that rolled back is
-    gone again, and ``IF NOT EXISTS`` costs less than finding that out.
-    """
+def _stage_sql() -> str:
     value_cols = ", ".join(f"{name} double precision" for name in VALUE_FIELDS)
-    # No parameters: psycopg sends it as a simple query, so both statements go in one trip.
     # ON COMMIT DELETE ROWS: the staging rows vanish with the transaction that wrote them.
-    cursor.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (gpu_id bigint, ts bigint, {value_cols}) "  # noqa: S608
-        f"ON COMMIT DELETE ROWS; DELETE FROM {STAGE}"
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (gpu_id bigint, ts bigint, {value_cols}) "
+        "ON COMMIT DELETE ROWS"
     )
+
+
+def raw_stage_prepare(connection=None) -> None:
+    """Create this session's staging table outside any transaction, once per connection.
+
+    Created inside a transaction, the table would vanish again if that transaction rolled
+    back; created in autocommit mode it lives as long as the connection, and the hot path
+    saves a round trip per batch. Inside a transaction this does nothing (the store then
+    creates the table itself, every time).
+    """
+    connection = connection or default_connection
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw in _staged_connections:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_stage_sql())
+    _staged_connections.add(raw)
 
 
 def _store_postgres(gpu_ids: np.ndarray, ts: np.ndarray, values: Mapping[str, np.ndarray]) -> int:
@@ -122,14 +139,17 @@ def _store_postgres(gpu_ids: np.ndarray, ts: np.ndarray, values: Mapping[str, np
     # (OperationalError and friends), which callers already know how to answer.
     with default_connection.cursor() as django_cursor, default_connection.wrap_database_errors:
         cursor = django_cursor.cursor
-        _stage_ensure(cursor)
+        if cursor.connection not in _staged_connections:
+            cursor.execute(_stage_sql())
         with cursor.copy(f"COPY {STAGE} FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(buffer)
+        # Both statements in one round trip (no parameters: a simple query); the DELETE
+        # empties the staging table for a second store in the same transaction.
         cursor.execute(
             f"INSERT INTO {TABLE} (gpu_id, ts, {names}) SELECT gpu_id, ts, {select} "  # noqa: S608
-            f"FROM {STAGE} ON CONFLICT DO NOTHING"
+            f"FROM {STAGE} ON CONFLICT DO NOTHING; DELETE FROM {STAGE}"
         )
-        inserted = cursor.rowcount
+        inserted = cursor.rowcount  # of the INSERT, the first result
     return inserted
 
 
