@@ -292,59 +292,142 @@ def _union(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in out]
 
 
+def _sql_fns() -> dict[str, str]:
+    """The few spellings that differ: two-argument LEAST/GREATEST (scalar MIN/MAX on
+    SQLite) and the fence that stops PostgreSQL from inlining a subquery (so the window's
+    output is computed once per row rather than once per reference)."""
+    if _pg():
+        return {"least": "LEAST", "greatest": "GREATEST", "fence": "OFFSET 0"}
+    return {"least": "MIN", "greatest": "MAX", "fence": ""}
+
+
 def _gpu_5m_recompute(cursor, *, pad: int) -> int:
-    """Replace every ``GpuRollup5m`` row inside the islands with one computed from raw."""
+    """Replace every ``GpuRollup5m`` row inside the islands with one computed from raw.
+
+    One pass over the samples: LEAD gives each sample its duration; the part inside its own
+    bucket is aggregated per (GPU, bucket) together with the part spilling past the bucket's
+    end (only the last sample of a bucket can spill); the spill is then spread over the
+    following buckets at the aggregated level (a few hundred thousand rows, not millions).
+    """
     table = _t(GpuRollup5m)
     cursor.execute(
         f"""DELETE FROM {table} WHERE EXISTS (
               SELECT 1 FROM fw_isl i WHERE i.gpu_id = {table}.gpu_id
               AND {table}.bucket >= i.tlo AND {table}.bucket < i.thi)"""
     )
+    fn = _sql_fns()
+    least, greatest, fence = fn["least"], fn["greatest"], fn["fence"]
+    cursor.execute("SELECT COALESCE(MAX(thi - tlo), 0) FROM fw_isl")
+    nums = int(cursor.fetchone()[0]) // BUCKET_S + 1
+    cursor.execute("DELETE FROM fw_num")
+    cursor.executemany("INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(nums)])
+    _analyze(cursor, "fw_num")
     thr = idle_threshold()
+    raw = _t(RawSample)
     cursor.execute(
         f"""
-        INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s, busy_s,
-            idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean, mem_used_mean_mib,
-            mem_used_max_mib, power_mean_w, energy_j, activity_source)
-        SELECT a.gpu_id, a.b, a.n, a.cov, {BUCKET_S} - a.cov,
-               COALESCE((SELECT SUM(CASE WHEN m.e < a.b + {BUCKET_S} THEN m.e
-                                         ELSE a.b + {BUCKET_S} END
-                                    - CASE WHEN m.s > a.b THEN m.s ELSE a.b END)
-                         FROM fw_span m WHERE m.gpu_id = a.gpu_id
-                         AND m.s < a.b + {BUCKET_S} AND m.e > a.b), 0),
-               a.busy, a.idle, a.held,
-               CASE WHEN a.util_s > 0 THEN a.util_w / a.util_s END, a.util_max,
-               CASE WHEN a.sm_s > 0 THEN a.sm_w / a.sm_s END,
-               CASE WHEN a.mem_s > 0 THEN a.mem_w / a.mem_s END, a.mem_max,
-               CASE WHEN a.pow_s > 0 THEN a.pow_w / a.pow_s END,
-               CASE WHEN a.pow_s > 0 THEN a.pow_w END,
-               CASE WHEN a.n_prof > 0 AND a.n_util > 0 THEN 'mixed'
-                    WHEN a.n_prof > 0 THEN 'sm_active'
-                    WHEN a.n_util > 0 THEN 'util' ELSE '' END
+        WITH w AS (
+            SELECT i.gpu_id, i.tlo, i.thi, g.cap, g.mig, x.ts, x.util_pct, x.sm_active,
+                   x.gr_engine_active, x.mem_used_mib, x.power_w,
+                   LEAD(x.ts) OVER (PARTITION BY x.gpu_id, i.tlo ORDER BY x.ts) AS nts
+            FROM fw_isl i
+            JOIN fw_gpu g ON g.gpu_id = i.gpu_id
+            JOIN {raw} x ON x.gpu_id = i.gpu_id AND x.ts >= i.tlo - %s AND x.ts < i.thi + %s
+        ),
+        d AS (
+            SELECT gpu_id, tlo, thi, ts, ts - ts %% {BUCKET_S} AS b0,
+                   CASE WHEN nts - ts <= cap THEN nts - ts ELSE cap END AS d,
+                   CASE WHEN mig = 1
+                        THEN COALESCE(gr_engine_active, sm_active, util_pct / 100.0)
+                        ELSE COALESCE(sm_active, util_pct / 100.0) END AS act,
+                   CASE WHEN mig = 1 AND (gr_engine_active IS NOT NULL
+                                          OR sm_active IS NOT NULL) THEN 1
+                        WHEN mig = 0 AND sm_active IS NOT NULL THEN 1
+                        WHEN util_pct IS NOT NULL THEN 0 END AS prof,
+                   util_pct,
+                   CASE WHEN mig = 1 THEN COALESCE(gr_engine_active, sm_active)
+                        ELSE sm_active END AS sm,
+                   mem_used_mib AS mem, power_w AS power
+            FROM w {fence}
+        ),
+        s AS (
+            SELECT gpu_id, tlo, thi, b0, d, act, prof, util_pct, sm, mem, power,
+                   CASE WHEN act IS NULL THEN 0
+                        ELSE {least}(d, b0 + {BUCKET_S} - ts) END AS own,
+                   CASE WHEN act IS NULL THEN 0
+                        ELSE {greatest}(ts + d - b0 - {BUCKET_S}, 0) END AS sp,
+                   CASE WHEN act < %s THEN 1 ELSE 0 END
+                   * CASE WHEN mem > %s THEN 2 ELSE 1 END AS idle_kind
+            FROM d {fence}
+        ),
+        a AS (
+            SELECT gpu_id, tlo, thi, b0, COUNT(*) AS n,
+                   SUM(own) AS cov, SUM(act * own) AS busy,
+                   SUM(CASE WHEN idle_kind > 0 THEN own ELSE 0 END) AS idle,
+                   SUM(CASE WHEN idle_kind = 2 THEN own ELSE 0 END) AS held,
+                   AVG(util_pct) AS util_mean, MAX(util_pct) AS util_max, AVG(sm) AS sm_mean,
+                   AVG(mem) AS mem_mean, MAX(mem) AS mem_max, AVG(power) AS pow_mean,
+                   SUM(power * d) AS energy, SUM(prof) AS n_prof, COUNT(prof) AS n_src,
+                   MAX(sp) AS sp, SUM(act * sp) AS sp_busy,
+                   SUM(CASE WHEN idle_kind > 0 THEN sp ELSE 0 END) AS sp_idle,
+                   SUM(CASE WHEN idle_kind = 2 THEN sp ELSE 0 END) AS sp_held
+            FROM s
+            GROUP BY gpu_id, tlo, thi, b0
+        ),
+        u AS (
+            SELECT gpu_id, tlo, thi, b0 AS b, n, cov, busy, idle, held, util_mean, util_max,
+                   sm_mean, mem_mean, mem_max, pow_mean, energy, n_prof, n_src
+            FROM a
+            UNION ALL
+            SELECT gpu_id, tlo, thi, b, 0, piece,
+                   CASE WHEN piece = sp THEN sp_busy ELSE sp_busy * piece / sp END,
+                   CASE WHEN piece = sp THEN sp_idle ELSE sp_idle * piece / sp END,
+                   CASE WHEN piece = sp THEN sp_held ELSE sp_held * piece / sp END,
+                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0
+            FROM (
+                SELECT a.gpu_id, a.tlo, a.thi, a.b0 + {BUCKET_S} * o.j AS b, a.sp, a.sp_busy,
+                       a.sp_idle, a.sp_held,
+                       {least}(a.sp - {BUCKET_S} * (o.j - 1), {BUCKET_S}) AS piece
+                FROM a JOIN fw_off o ON o.j >= 1 AND a.sp > {BUCKET_S} * (o.j - 1)
+            ) q
+        ),
+        alloc AS (
+            SELECT c.gpu_id, c.b,
+                   SUM({least}(c.e, c.b + {BUCKET_S}) - {greatest}(c.s, c.b)) AS secs
+            FROM (
+                SELECT m.gpu_id, m.s, m.e,
+                       ({greatest}(m.s, i.tlo) - {greatest}(m.s, i.tlo) %% {BUCKET_S})
+                       + {BUCKET_S} * n.n AS b
+                FROM fw_span m
+                JOIN fw_isl i ON i.gpu_id = m.gpu_id AND m.s < i.thi AND m.e > i.tlo
+                JOIN fw_num n
+                  ON ({greatest}(m.s, i.tlo) - {greatest}(m.s, i.tlo) %% {BUCKET_S})
+                     + {BUCKET_S} * n.n < {least}(m.e, i.thi)
+            ) c
+            GROUP BY c.gpu_id, c.b
+        )
+        INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s,
+            busy_s, idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean,
+            mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j, activity_source)
+        SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov, COALESCE(al.secs, 0),
+               f.busy, f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
+               f.mem_max, f.pow_mean, f.energy,
+               CASE WHEN f.n_prof > 0 AND f.n_src > f.n_prof THEN 'mixed'
+                    WHEN f.n_prof > 0 THEN 'sm_active'
+                    WHEN f.n_src > 0 THEN 'util' ELSE '' END
         FROM (
-            SELECT gpu_id, b,
-                   SUM(CASE WHEN j = 0 THEN 1 ELSE 0 END) AS n,
-                   SUM(CASE WHEN act IS NOT NULL THEN hi - lo ELSE 0 END) AS cov,
-                   SUM(CASE WHEN act IS NOT NULL THEN act * (hi - lo) ELSE 0 END) AS busy,
-                   SUM(CASE WHEN act < %s THEN hi - lo ELSE 0 END) AS idle,
-                   SUM(CASE WHEN act < %s AND mem > %s THEN hi - lo ELSE 0 END) AS held,
-                   SUM(CASE WHEN util_pct IS NOT NULL THEN util_pct * (hi - lo) END) AS util_w,
-                   SUM(CASE WHEN util_pct IS NOT NULL THEN hi - lo ELSE 0 END) AS util_s,
-                   MAX(util_pct) AS util_max,
-                   SUM(CASE WHEN sm IS NOT NULL THEN sm * (hi - lo) END) AS sm_w,
-                   SUM(CASE WHEN sm IS NOT NULL THEN hi - lo ELSE 0 END) AS sm_s,
-                   SUM(CASE WHEN mem IS NOT NULL THEN mem * (hi - lo) END) AS mem_w,
-                   SUM(CASE WHEN mem IS NOT NULL THEN hi - lo ELSE 0 END) AS mem_s,
-                   MAX(mem) AS mem_max,
-                   SUM(CASE WHEN power IS NOT NULL THEN power * (hi - lo) END) AS pow_w,
-                   SUM(CASE WHEN power IS NOT NULL THEN hi - lo ELSE 0 END) AS pow_s,
-                   SUM(CASE WHEN prof = 1 THEN 1 ELSE 0 END) AS n_prof,
-                   SUM(CASE WHEN prof = 0 THEN 1 ELSE 0 END) AS n_util
-            FROM ({_pieces_sql(islands="fw_isl", pad=pad)}) pc
+            SELECT gpu_id, b, SUM(n) AS n, SUM(cov) AS cov, SUM(busy) AS busy,
+                   SUM(idle) AS idle, SUM(held) AS held, MAX(util_mean) AS util_mean,
+                   MAX(util_max) AS util_max, MAX(sm_mean) AS sm_mean,
+                   MAX(mem_mean) AS mem_mean, MAX(mem_max) AS mem_max,
+                   MAX(pow_mean) AS pow_mean, MAX(energy) AS energy,
+                   SUM(n_prof) AS n_prof, SUM(n_src) AS n_src
+            FROM u WHERE b >= tlo AND b < thi
             GROUP BY gpu_id, b
-        ) a
+        ) f
+        LEFT JOIN alloc al ON al.gpu_id = f.gpu_id AND al.b = f.b
         """,
-        [thr, thr, MEM_HELD_MIB],
+        [pad, pad, thr, MEM_HELD_MIB],
     )
     return cursor.rowcount
 
@@ -572,7 +655,13 @@ def _lock(cursor) -> bool:
         # a second one waits for it, which already serialises the rollup.
         return True
     cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK_KEY])
-    return bool(cursor.fetchone()[0])
+    if not cursor.fetchone()[0]:
+        return False
+    # JIT compiles the CASE-heavy piece expressions for seconds before running them, and the
+    # per-GPU sort for LEAD must stay in memory; both only for this transaction.
+    cursor.execute("SET LOCAL jit = off")
+    cursor.execute("SET LOCAL work_mem = '256MB'")
+    return True
 
 
 def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
@@ -587,6 +676,8 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
     with transaction.atomic(), connection.cursor() as cursor:
         if not _lock(cursor):
             return None
+        mark = time.perf_counter()
+        steps: dict[str, float] = {}
         _temp_tables_reset(cursor)
         claimed = _claim(cursor, limit=limit)
         if claimed == 0 and not tick:
@@ -633,14 +724,21 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         cursor.execute("DELETE FROM fw_isl WHERE thi <= %s", [horizon])
         cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [horizon, horizon])
         _analyze(cursor, "fw_claim", "fw_gpu", "fw_isl", "fw_hour", "fw_alloc", "fw_span")
+        steps["prepare"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         gpu_rows = _gpu_5m_recompute(cursor, pad=kb)
+        steps["gpu_5m"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         hourly_rows = _hourly_recompute(cursor, pad=kb, gap=gap)
+        steps["hourly"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         days = _days_touched(cursor)
         if tick:
             today = now_ts // DAY_S
             days |= {today, today - 1}
         _usage_daily_recompute(days=days)
         _capacity_daily_recompute(days=days, now_ts=now_ts)
+        steps["daily"] = time.perf_counter() - mark
         # Release exactly what was claimed: a bucket marked again meanwhile has a newer
         # marked_at and stays pending for the next run.
         pending = _t(RollupPending)
@@ -655,6 +753,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
             "gpu_rows": gpu_rows,
             "hourly_rows": hourly_rows,
             "days": len(days),
+            "steps": steps,
         }
 
 
@@ -676,7 +775,7 @@ def rollups_run_pending(
     limit = chunk or int(getattr(settings, "FLOPWATCH_ROLLUP_CHUNK", 100_000))
     started = time.monotonic()
     total = RollupPending.objects.count()
-    summary = {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0, "chunks": 0}
+    summary: dict = {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0, "chunks": 0}
     tick = True
     while True:
         result = _chunk_run(now_ts=now_ts, limit=limit, tick=tick)
@@ -687,6 +786,9 @@ def rollups_run_pending(
         summary["chunks"] += 1
         for key in ("buckets", "gpu_rows", "hourly_rows", "days"):
             summary[key] += result[key]
+        for key, seconds in result.get("steps", {}).items():
+            summary.setdefault("steps", {}).setdefault(key, 0.0)
+            summary["steps"][key] = round(summary["steps"][key] + seconds, 3)
         if progress:
             progress(summary["buckets"], total)
         if result["buckets"] < limit:

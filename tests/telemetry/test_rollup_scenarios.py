@@ -34,7 +34,8 @@ def test_gap_longer_than_two_intervals_is_missing_and_sample_time_spills_over_bu
     assert first.idle_s == 0
     assert first.activity_source == "util"
     assert first.util_mean == pytest.approx(50.0)
-    assert first.energy_j == pytest.approx(300.0 * 300)
+    # Energy is that of the samples taken in the bucket, each for its whole duration.
+    assert first.energy_j == pytest.approx(300.0 * 310)
     second = r5(gpu, 300)
     # 10 s spilled from 290, then the last sample at 400 stands for the cap (20 s).
     assert (second.samples, second.covered_s, second.missing_s) == (1, 30, 270)

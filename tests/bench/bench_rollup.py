@@ -1,0 +1,164 @@
+"""Rollup benchmark: a full rollup of 10 million raw samples (1,000 GPUs) on PostgreSQL.
+
+Prints raw samples rolled up per second by ``rollups_run_pending`` (every bucket pending, as
+after a bulk import: 5-minute rows, hourly rows per allocation, daily usage and capacity), and
+in the same run the rate of one bare ``SELECT ... GROUP BY gpu, bucket`` over the same rows as
+the ceiling, and the ratio. Targets: >= 1,000,000 samples/s and >= 50 % of the ceiling.
+
+Run: ``python tests/bench/run.py rollup`` or directly with
+``DATABASE_URL=postgres://postgres@127.0.0.1:5432/flopwatch_bench`` (it works in its own
+database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
+``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+GPUS = int(os.environ.get("BENCH_GPUS", "1000"))
+PER_GPU = int(os.environ.get("BENCH_SAMPLES_PER_GPU", "10000"))
+INTERVAL = 10
+BASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flopwatch_bench")
+DB_URL = BASE_URL + "_rollup"
+
+
+def recreate_database() -> None:
+    import psycopg
+
+    name = DB_URL.rsplit("/", 1)[1]
+    with psycopg.connect(DB_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def seed(*, t0: int) -> int:
+    """GPUs on nodes of 8, one allocation per GPU starting inside a bucket (half of them
+    closed inside a bucket too), and the raw samples generated in SQL."""
+    from django.db import connection
+
+    from apps.fleet.models import Cluster, Gpu, Node
+    from apps.telemetry.storage import raw_partitions_ensure
+    from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
+
+    cluster = Cluster.objects.create(slug="bench", name="Bench")
+    team = Team.objects.create(slug="t", name="T")
+    projects = [Project.objects.create(team=team, slug=f"p{p}", name=f"P{p}") for p in range(20)]
+    gpus: list[Gpu] = []
+    for n in range(max(1, GPUS // 8)):
+        node = Node.objects.create(cluster=cluster, hostname=f"bench-{n:04d}")
+        gpus += Gpu.objects.bulk_create(
+            Gpu(
+                uuid=f"GPU-{n}-{i}",
+                node=node,
+                index=i,
+                model_name="NVIDIA H100 80GB HBM3",
+                first_seen_at=dt.datetime.fromtimestamp(t0, tz=dt.UTC),
+            )
+            for i in range(8)
+        )
+    for index, gpu in enumerate(gpus):
+        start = t0 + 1234 + index
+        end = None if index % 2 else t0 + PER_GPU * INTERVAL // 2 + 17
+        allocation = Allocation.objects.create(
+            source="bench",
+            external_id=f"job-{index}",
+            project=projects[index % len(projects)],
+            start=dt.datetime.fromtimestamp(start, tz=dt.UTC),
+            end=dt.datetime.fromtimestamp(end, tz=dt.UTC) if end else None,
+        )
+        AllocationGpu.objects.create(allocation=allocation, gpu=gpu)
+    raw_partitions_ensure(start_ts=t0, end_ts=t0 + PER_GPU * INTERVAL)
+    with connection.cursor() as cursor:
+        # Time-major, as agents deliver them (heap order is arrival order, not GPU order).
+        # Activity from NVML only on odd GPUs, DCGM sm_active on even ones; every 97th
+        # sample of a GPU missing (a gap of two intervals), idle stretches, memory held.
+        cursor.execute(
+            """
+            INSERT INTO telemetry_rawsample (gpu_id, ts, util_pct, sm_active, mem_used_mib,
+                                             power_w)
+            SELECT g.id, %s + %s * n,
+                   ((g.id * 7 + n * 13) %% 101)::float8,
+                   CASE WHEN g.id %% 2 = 0 THEN ((g.id + n) %% 100) / 100.0 END,
+                   CASE WHEN n %% 50 < 10 THEN 0 ELSE 40960 END,
+                   300 + (n %% 200)
+            FROM generate_series(0, %s - 1) AS n CROSS JOIN fleet_gpu g
+            WHERE n %% 97 <> 50
+            ORDER BY n, g.id
+            """,
+            [t0, INTERVAL, PER_GPU],
+        )
+        cursor.execute(
+            "INSERT INTO telemetry_rolluppending (gpu_id, bucket, marked_at) "
+            "SELECT DISTINCT gpu_id, ts - ts %% 300, now() FROM telemetry_rawsample",
+            [],
+        )
+        cursor.execute("SELECT COUNT(*) FROM telemetry_rawsample")
+        return cursor.fetchone()[0]
+
+
+def main() -> int:
+    recreate_database()
+    os.environ["DATABASE_URL"] = DB_URL
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    from apps.telemetry.models import AllocationGpuHourly, GpuRollup5m
+    from apps.telemetry.rollups import rollups_run_pending
+
+    now = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    t0 = int(now.timestamp()) - PER_GPU * INTERVAL - 7200
+    t0 -= t0 % 300
+    started = time.perf_counter()
+    rows = seed(t0=t0)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE telemetry_rawsample")
+        cursor.execute("VACUUM ANALYZE telemetry_rolluppending")
+    print(f"seeded {rows:,} raw samples ({GPUS} GPUs) in {time.perf_counter() - started:.1f} s")
+
+    started = time.perf_counter()
+    summary = rollups_run_pending(now=now)
+    rollup_s = time.perf_counter() - started
+    rate = rows / rollup_s
+    print(
+        f"full rollup: {rollup_s:.2f} s, {rate:,.0f} raw samples/s "
+        f"({summary['buckets']:,} pending buckets in {summary['chunks']} chunks -> "
+        f"{GpuRollup5m.objects.count():,} 5-minute rows, "
+        f"{AllocationGpuHourly.objects.count():,} hourly rows); steps: {summary.get('steps')}"
+    )
+    timings = []
+    with connection.cursor() as cursor:
+        for _ in range(2):
+            started = time.perf_counter()
+            cursor.execute(
+                """SELECT COUNT(*) FROM (
+                     SELECT gpu_id, ts - ts % 300 AS bucket, COUNT(*), AVG(util_pct),
+                            MAX(util_pct), AVG(sm_active), AVG(mem_used_mib), AVG(power_w)
+                     FROM telemetry_rawsample GROUP BY gpu_id, ts - ts % 300) x"""
+            )
+            cursor.fetchone()
+            timings.append(time.perf_counter() - started)
+    ceiling = rows / min(timings)
+    print(f"ceiling (bare SELECT ... GROUP BY gpu, bucket): {ceiling:,.0f} raw samples/s")
+    ratio = rate / ceiling
+    print(
+        f"ratio: {ratio:.0%} of the ceiling "
+        f"(targets: >= 1,000,000 samples/s: {'met' if rate >= 1e6 else 'MISSED'}; "
+        f">= 50 % of ceiling: {'met' if ratio >= 0.5 else 'MISSED'})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
