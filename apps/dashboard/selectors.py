@@ -367,17 +367,20 @@ def capacity_series(
             import bisect
 
             for key in buckets:
-                capacity[key] = bisect.bisect_right(firsts, key + bucket_s) * float(bucket_s)
+                elapsed = min(bucket_s, max(end_ts - key, 1))
+                capacity[key] = bisect.bisect_right(firsts, key + bucket_s) * float(elapsed)
     x, b_out, i_out, u_out = [], [], [], []
     for key in buckets:
         x.append(_epoch(key))
-        b = busy.get(key, 0.0) / bucket_s
-        a = allocated.get(key, 0.0) / bucket_s
+        # The newest bucket is still filling: average over its elapsed part, not all of it.
+        span = float(min(bucket_s, max(end_ts - key, 1)))
+        b = busy.get(key, 0.0) / span
+        a = allocated.get(key, 0.0) / span
         b = min(b, a) if a else b
         b_out.append(round(b, 3))
         i_out.append(round(max(a - b, 0.0), 3))
         if whole_fleet:
-            u_out.append(round(max(capacity.get(key, 0.0) / bucket_s - a, 0.0), 3))
+            u_out.append(round(max(capacity.get(key, 0.0) / span - a, 0.0), 3))
     return CapacitySeries(bucket_s, x, b_out, i_out, u_out if whole_fleet else None)
 
 
