@@ -37,4 +37,17 @@ BEAT_SCHEDULE["allocations-close-stale"] = {
     "options": {"expires": MINUTE},
 }
 
+# Rollups: recompute pending buckets every minute (a run that finds another one holding the
+# database lock returns at once); prune 5-minute and hourly rollups past retention daily.
+BEAT_SCHEDULE["rollups-run-pending"] = {
+    "task": "apps.telemetry.tasks.rollups_run_pending_task",
+    "schedule": MINUTE,
+    "options": {"expires": MINUTE},
+}
+BEAT_SCHEDULE["rollups-prune"] = {
+    "task": "apps.telemetry.tasks.rollups_prune_task",
+    "schedule": crontab(hour=3, minute=41),
+    "options": {"expires": 60 * MINUTE},
+}
+
 __all__ = ["BEAT_SCHEDULE", "crontab"]
