@@ -301,19 +301,38 @@ def silent_gpus_detect(*, now: dt.datetime, book: PolicyBook, summary: Detection
                 continue  # another detector opened it a moment ago
             summary.silent_opened += 1
         elif finding is not None and silent:
-            finding.last_seen = now
-            finding.severity = severity_of(
-                rule=Rule.SILENT_GPU, wasted_gpu_hours=0, duration_h=quiet_s / HOUR_S
+            Finding.objects.filter(pk=finding.pk).update(
+                last_seen=now,
+                severity=severity_of(
+                    rule=Rule.SILENT_GPU, wasted_gpu_hours=0, duration_h=quiet_s / HOUR_S
+                ),
             )
-            finding.save(update_fields=["last_seen", "severity"])
         elif finding is not None:
-            old = finding.status
-            finding.status = Status.RESOLVED
-            finding.ended = gpu.last_seen_at
-            finding.resolved_at = now
-            finding.save()
-            _event(finding, kind="cleared", old=old, at=now, note="reporting again")
-            summary.silent_resolved += 1
+            summary.silent_resolved += _silent_clear(
+                finding=finding, ended=gpu.last_seen_at, now=now, note="reporting again"
+            )
+    # A node switched to inactive is no longer expected to report: its silence is over.
+    seen = {f"gpu:{gpu_id}" for gpu_id in gpus.values_list("id", flat=True)}
+    for subject, finding in open_findings.items():
+        if subject not in seen:
+            summary.silent_resolved += _silent_clear(
+                finding=finding, ended=now, now=now, note="node no longer expected to report"
+            )
+
+
+def _silent_clear(*, finding: Finding, ended: dt.datetime, now: dt.datetime, note: str) -> int:
+    """Resolve a silent_gpu finding once, even with two detectors (conditional UPDATE)."""
+    old = finding.status
+    changed = (
+        Finding.objects.filter(pk=finding.pk)
+        .exclude(status=Status.RESOLVED)
+        .update(status=Status.RESOLVED, ended=ended, resolved_at=now)
+    )
+    if changed != 1:
+        return 0
+    finding.status = Status.RESOLVED
+    _event(finding, kind="cleared", old=old, at=now, note=note)
+    return 1
 
 
 def snoozes_wake(*, now: dt.datetime) -> int:

@@ -201,3 +201,19 @@ def test_one_unresolved_finding_per_rule_and_subject(built):
         Finding.objects.create(**kwargs)
     Finding.objects.filter(subject="alloc:1").update(status="resolved")
     Finding.objects.create(**kwargs)  # a new stretch after the old one resolved
+
+
+def test_silent_gpu_clears_when_its_node_is_made_inactive(built):
+    from apps.fleet.models import Node
+    from apps.waste.models import Finding
+    from apps.waste.services import waste_detect
+
+    last_seen_set(built, now=LAST)
+    waste_detect(now=LAST)
+    silent = Finding.objects.get(rule="silent_gpu")
+    assert silent.status == "open"
+    Node.objects.filter(hostname="n3").update(is_active=False)
+    waste_detect(now=LAST + FIVE_MIN)
+    silent.refresh_from_db()
+    assert silent.status == "resolved"
+    assert list(silent.events.values_list("kind", flat=True)) == ["opened", "cleared"]
