@@ -32,6 +32,10 @@ DAY_S = 86_400
 TABLE = "telemetry_rawsample"
 STAGE = "telemetry_rawsample_stage"
 PARTITION_PREFIX = "telemetry_rawsample_p"
+# Catches rows of days without a partition (ORM inserts in tests and scripts, a partition
+# dropped under a running insert): nothing is ever refused for lack of a partition. Rows in
+# it are moved into their day's partition when that is created, and expire like the rest.
+DEFAULT_PARTITION = "telemetry_rawsample_default"
 # Value columns of RawSample, in table order. ``xid`` is an integer column; the rest float.
 VALUE_FIELDS = (
     "util_pct",
@@ -224,6 +228,30 @@ def raw_partitions_forget() -> None:
         _partitions_checked_at = 0.0
 
 
+def _partition_create(cursor, name: str, day: int) -> None:
+    """Create one day partition; rows of that day already in the default partition move in."""
+    low, high = day, day + DAY_S
+    cursor.execute(
+        f"SELECT 1 FROM {DEFAULT_PARTITION} WHERE ts >= %s AND ts < %s LIMIT 1",  # noqa: S608
+        [low, high],
+    )
+    if cursor.fetchone() is None:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {TABLE} "
+            f"FOR VALUES FROM ({low}) TO ({high})"
+        )
+        return
+    cursor.execute(f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS)")
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE ts >= %s AND ts < %s "  # noqa: S608
+        f"RETURNING *) INSERT INTO {name} SELECT * FROM moved",
+        [low, high],
+    )
+    cursor.execute(
+        f"ALTER TABLE {TABLE} ATTACH PARTITION {name} FOR VALUES FROM ({low}) TO ({high})"
+    )
+
+
 def raw_partitions_ensure(*, start_ts: int, end_ts: int, connection=None) -> list[str]:
     """Create the day partitions covering ``start_ts..end_ts`` that do not exist yet.
 
@@ -242,15 +270,15 @@ def raw_partitions_ensure(*, start_ts: int, end_ts: int, connection=None) -> lis
             return []
     created: list[str] = []
     with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {DEFAULT_PARTITION} PARTITION OF {TABLE} DEFAULT"
+        )
         existing = _partitions_existing(cursor)
         for day in sorted(days - existing):
             name = partition_name(day)
             try:
                 with transaction.atomic(using=connection.alias):
-                    cursor.execute(
-                        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {TABLE} "
-                        f"FOR VALUES FROM ({day}) TO ({day + DAY_S})"
-                    )
+                    _partition_create(cursor, name, day)
                 created.append(name)
             except Exception as exc:  # another process created it at the same moment
                 log.info("partition %s not created here: %s", name, exc)
@@ -291,6 +319,7 @@ def raw_samples_expire(*, now: datetime | None = None, ahead_days: int = 2) -> d
     created = raw_partitions_ensure(start_ts=now_ts - DAY_S, end_ts=now_ts + ahead_days * DAY_S)
     dropped: list[str] = []
     with default_connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {DEFAULT_PARTITION} WHERE ts < %s", [cutoff])  # noqa: S608
         for day in sorted(_partitions_existing(cursor)):
             if day + DAY_S <= cutoff:
                 name = partition_name(day)

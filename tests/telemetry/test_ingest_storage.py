@@ -65,3 +65,30 @@ def test_retention_keeps_recent_and_drops_old(settings):
 @pytest.mark.django_db
 def test_expire_task_runs():
     assert isinstance(raw_samples_expire_task(), dict)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_of_days_without_partition_land_in_default_and_move_in_later():
+    """ORM writers (tests, scripts) need not know about partitions."""
+    from apps.fleet.models import Gpu
+    from apps.telemetry.storage import DEFAULT_PARTITION, raw_partitions_ensure
+    from tests.conftest import require
+
+    require(database_is_postgres(), "this test needs PostgreSQL (set DATABASE_URL)")
+    node, _ = node_with_token()
+    gpu = Gpu.objects.create(uuid="GPU-orm", node=node, index=0, model_name="X")
+    day = 20_000 * DAY_S  # 2024-10-04, surely without a partition
+    RawSample.objects.bulk_create(
+        [RawSample(gpu=gpu, ts=day + i * 10, util_pct=1) for i in range(3)]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {DEFAULT_PARTITION}")  # noqa: S608
+        assert cursor.fetchone()[0] == 3
+    ingest_caches_clear()
+    assert raw_partitions_ensure(start_ts=day, end_ts=day) == [partition_name(day)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {DEFAULT_PARTITION}")  # noqa: S608
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(f"SELECT count(*) FROM {partition_name(day)}")  # noqa: S608
+        assert cursor.fetchone()[0] == 3
+    assert RawSample.objects.filter(gpu=gpu).count() == 3

@@ -5,8 +5,9 @@
 # key (gpu_id, ts), same ``rawsample_ts_idx``. On PostgreSQL the table created by 0001 is
 # replaced by a partitioned table of the same name (rows copied over); the separate gpu_id
 # index Django made for the foreign key is not recreated, because the primary key already
-# starts with gpu_id and a third index per row would only slow COPY down. SQLite keeps the
-# plain table.
+# starts with gpu_id and a third index per row would only slow COPY down. A DEFAULT partition
+# takes rows of days that have no partition yet (see apps/telemetry/storage.py). SQLite keeps
+# the plain table.
 import django.db.models.deletion
 from django.db import migrations, models
 
@@ -31,6 +32,7 @@ CREATE TABLE telemetry_rawsample (
     PRIMARY KEY (gpu_id, ts)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX rawsample_ts_idx ON telemetry_rawsample (ts);
+CREATE TABLE telemetry_rawsample_default PARTITION OF telemetry_rawsample DEFAULT;
 """
 
 UNPARTITION_SQL = """
