@@ -20,6 +20,7 @@ from django.utils import timezone
 from apps.dashboard.filters import DashboardFilters
 from apps.fleet.models import Cluster, Gpu, Node
 from apps.telemetry.models import AllocationGpuHourly, CapacityDaily, GpuRollup5m, UsageDaily
+from apps.telemetry.selectors import efficiency_by
 from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
 
 logger = logging.getLogger(__name__)
@@ -35,104 +36,6 @@ RECENT_S = 15 * 60
 # --- Efficiency: the one source of page numbers -----------------------------------------------
 
 
-@dataclass(frozen=True)
-class EfficiencyRow:
-    """Same fields as ``apps.telemetry.selectors.EfficiencyRow`` (used only by the fallback)."""
-
-    key: Any
-    allocated_gpu_hours: float
-    observed_gpu_hours: float
-    busy_gpu_hours: float
-    idle_gpu_hours: float
-    memory_held_idle_gpu_hours: float
-    efficiency: float | None
-    cost: Decimal
-    idle_cost: Decimal
-
-
-def _efficiency_by_fallback(
-    *,
-    group: str,
-    start: dt.datetime,
-    end: dt.datetime,
-    projects: QuerySet[Project] | None = None,
-    cluster: str | None = None,
-    gpu_model: str | None = None,
-) -> list[EfficiencyRow]:
-    """The efficiency contract computed from ``AllocationGpuHourly``, used only while
-    ``apps.telemetry.selectors.efficiency_by`` does not exist yet."""
-    from apps.chargeback.selectors import RateLookup
-
-    key_field = {
-        "team": "allocation__project__team__slug",
-        "project": "allocation__project__slug",
-        "allocation": "allocation_id",
-        "gpu": "gpu__uuid",
-    }[group]
-    rows = AllocationGpuHourly.objects.filter(
-        hour__gte=int(start.timestamp()), hour__lt=int(end.timestamp())
-    )
-    if projects is not None:
-        rows = rows.filter(allocation__project__in=projects)
-    if cluster:
-        rows = rows.filter(gpu__node__cluster__slug=cluster)
-    if gpu_model:
-        rows = rows.filter(gpu__model_name=gpu_model)
-    grouped = (
-        rows.annotate(day=F("hour") / 86400)
-        .values(key_field, "day", "gpu__model_name", "gpu__mig_profile", "gpu__node__cluster_id")
-        .annotate(
-            allocated=Sum("allocated_s"),
-            observed=Sum("observed_s"),
-            busy=Sum("busy_s"),
-            idle=Sum("idle_s"),
-            held=Sum("mem_held_idle_s"),
-        )
-    )
-    rates = RateLookup.load()
-    totals: dict[Any, list] = {}
-    for item in grouped:
-        key = item[key_field]
-        acc = totals.setdefault(key, [0.0, 0.0, 0.0, 0.0, 0.0, ZERO, ZERO])
-        day = dt.date(1970, 1, 1) + dt.timedelta(days=int(item["day"]))
-        rate = rates.gpu_rate(
-            model_name=item["gpu__model_name"],
-            mig_profile=item["gpu__mig_profile"],
-            cluster_id=item["gpu__node__cluster_id"],
-            day=day,
-        )
-        acc[0] += item["allocated"] or 0.0
-        acc[1] += item["observed"] or 0.0
-        acc[2] += item["busy"] or 0.0
-        acc[3] += item["idle"] or 0.0
-        acc[4] += item["held"] or 0.0
-        acc[5] += Decimal(str(item["allocated"] or 0.0)) / 3600 * rate
-        acc[6] += Decimal(str(item["idle"] or 0.0)) / 3600 * rate
-    return [
-        EfficiencyRow(
-            key=key,
-            allocated_gpu_hours=acc[0] / 3600,
-            observed_gpu_hours=acc[1] / 3600,
-            busy_gpu_hours=acc[2] / 3600,
-            idle_gpu_hours=acc[3] / 3600,
-            memory_held_idle_gpu_hours=acc[4] / 3600,
-            efficiency=(acc[2] / acc[1]) if acc[1] > 0 else None,
-            cost=acc[5].quantize(CENT),
-            idle_cost=acc[6].quantize(CENT),
-        )
-        for key, acc in sorted(totals.items(), key=lambda kv: str(kv[0]))
-    ]
-
-
-def efficiency_function():
-    """The rollups' ``efficiency_by`` when it exists, else the fallback above."""
-    try:
-        from apps.telemetry.selectors import efficiency_by
-    except ImportError:
-        return _efficiency_by_fallback
-    return efficiency_by
-
-
 def efficiency_rows(
     *,
     group: str,
@@ -141,7 +44,7 @@ def efficiency_rows(
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> list:
-    return efficiency_function()(
+    return efficiency_by(
         group=group,
         start=start or filters.start,
         end=end or filters.end,
@@ -557,15 +460,10 @@ TEAM_SORTS = {
 }
 
 
-def team_leaderboard(
-    *,
-    teams: QuerySet[Team],
-    projects: QuerySet[Project] | None,
-    filters: DashboardFilters,
-    sort: str,
-) -> list[dict]:
-    """One row per visible team with its pooled figures from ``efficiency_by``."""
-    by_key = rows_by_key(efficiency_rows(group="team", filters=filters, projects=projects))
+def team_leaderboard(*, teams: QuerySet[Team], rows: Sequence, sort: str) -> list[dict]:
+    """One row per visible team with its pooled figures (``rows`` from ``efficiency_by``
+    with group="team" over the page's range)."""
+    by_key = rows_by_key(rows)
     table = []
     for team in teams:
         row = row_for(by_key, team.slug, team.pk)
@@ -613,7 +511,7 @@ def allocation_figures(*, allocation: Allocation, filters: DashboardFilters):
     """The job's figures over its whole life (not the page's range)."""
     end = allocation.end or timezone.now()
     projects = Project.objects.filter(pk=allocation.project_id)
-    rows = efficiency_function()(
+    rows = efficiency_by(
         group="allocation",
         start=allocation.start - dt.timedelta(seconds=allocation.start.timestamp() % 3600),
         end=end + dt.timedelta(hours=1),

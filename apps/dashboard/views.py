@@ -69,11 +69,18 @@ def home(request, filters):
     """Overview: what is running now, how well, what it costs, and the worst waste."""
     user = request.user
     scope = _projects_scope(user)
-    now = timezone.now()
+    # One "now" for every window, so a window equal to the page's range is the same range.
+    now = filters.end if filters.range_key != "custom" else timezone.now()
     teams = teams_visible_to(user=user)
     projects = projects_visible_to(user=user).select_related("team")
+    # The page's range feeds the team table; a KPI window equal to it reuses its rows
+    # (efficiency_by is the expensive part of this page).
+    range_rows = sel.efficiency_rows(group="team", filters=filters, projects=scope)
     efficiency = {}
     for key in ("24h", "7d", "30d"):
+        if key == filters.range_key:
+            efficiency[key] = sel.totals_of(range_rows)
+            continue
         windowed = filters_parse(query={"range": key}, now=now)
         efficiency[key] = sel.totals_of(
             sel.efficiency_rows(
@@ -89,9 +96,7 @@ def home(request, filters):
     whole_fleet = user_sees_all_teams(user=user)
     gpus = gpus_visible_to(user=user)
     capacity = sel.capacity_series(filters=filters, projects=scope, whole_fleet=whole_fleet)
-    leaderboard = sel.team_leaderboard(
-        teams=teams, projects=scope, filters=filters, sort="efficiency"
-    )
+    leaderboard = sel.team_leaderboard(teams=teams, rows=range_rows, sort="efficiency")
     context = _base_context(request, filters) | {
         "teams": teams,
         "projects": projects,
@@ -103,9 +108,6 @@ def home(request, filters):
         "capacity_json": charts.figure_json(charts.capacity_figure(capacity)),
         "capacity_has_data": any(capacity.busy) or any(capacity.idle_allocated),
         "leaderboard": leaderboard,
-        "range_totals": sel.totals_of(
-            sel.efficiency_rows(group="team", filters=filters, projects=scope)
-        ),
         "has_gpus": Gpu.objects.exists(),
         "uses_charts": True,
     }
@@ -124,18 +126,12 @@ def teams(request, filters):
             {"errors": [("sort", f"expected one of {', '.join(sel.TEAM_SORTS)}, got {sort!r}")]},
             status=400,
         )
-    leaderboard = sel.team_leaderboard(
-        teams=teams_visible_to(user=user),
-        projects=_projects_scope(user),
-        filters=filters,
-        sort=sort,
-    )
+    rows = sel.efficiency_rows(group="team", filters=filters, projects=_projects_scope(user))
+    leaderboard = sel.team_leaderboard(teams=teams_visible_to(user=user), rows=rows, sort=sort)
     context = _base_context(request, filters) | {
         "leaderboard": leaderboard,
         "sort": sort,
-        "totals": sel.totals_of(
-            sel.efficiency_rows(group="team", filters=filters, projects=_projects_scope(user))
-        ),
+        "totals": sel.totals_of(rows),
     }
     return render(request, "dashboard/teams.html", context)
 

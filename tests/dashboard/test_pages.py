@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from apps.dashboard import charts
 from apps.dashboard.filters import FilterError, filters_parse
-from apps.dashboard.selectors import efficiency_function
+from apps.telemetry.selectors import efficiency_by
 from tests.conftest import PASSWORD
 from tests.dashboard.factories import dash_data_build
 
@@ -141,7 +141,7 @@ def test_team_figures_match_the_efficiency_function(client, data, range_key):
     assert client.login(username="admin", password=PASSWORD)
     response = client.get(reverse("teams"), {"range": range_key})
     filters = response.context["filters"]
-    rows = efficiency_function()(group="team", start=filters.start, end=filters.end)
+    rows = efficiency_by(group="team", start=filters.start, end=filters.end)
     board = _leaderboard(response)
     assert rows
     for row in rows:
@@ -361,3 +361,23 @@ def test_worst_open_findings_are_listed_for_who_may_see_them(client, data):
     assert "slurm:1001" not in body
     project_page = client.get(reverse("project", args=["b1"])).content.decode()
     assert "$7.00" in project_page
+
+
+@pytest.mark.parametrize("role", ["admin", "member", "outsider"])
+def test_page_numbers_match_the_efficiency_api(client, data, role):
+    assert client.login(username=role, password=PASSWORD)
+    end = data.now.replace(minute=0, second=0, microsecond=0)
+    start = end - dt.timedelta(days=1)
+    params = {"start": start.isoformat(), "end": end.isoformat()}
+    page = client.get(reverse("teams"), params)
+    assert page.status_code == 200
+    api = client.get("/api/v1/efficiency", {"group": "team", **params})
+    assert api.status_code == 200, api.content
+    board = _leaderboard(page)
+    assert {row["key"] for row in api.json()} <= set(board)
+    for row in api.json():
+        team = board[row["key"]]
+        assert team["allocated_gpu_hours"] == pytest.approx(row["allocated_gpu_hours"])
+        assert team["busy_gpu_hours"] == pytest.approx(row["busy_gpu_hours"])
+        assert f"{team['cost']:.2f}" == row["cost"]
+        assert f"{team['idle_cost']:.2f}" == row["idle_cost"]
