@@ -4,6 +4,8 @@ services; what a user sees comes from ``findings_visible_to``, what they may do 
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Sum
@@ -48,6 +50,8 @@ def findings(request):
     if data["team"]:
         qs = qs.filter(project__team__slug=data["team"])
     totals = qs.aggregate(n=Count("id"), cost=Sum("wasted_cost"), hours=Sum("wasted_gpu_hours"))
+    # SQLite sums decimals as floats; the sum of cents is shown as cents.
+    totals["cost"] = Decimal(str(totals["cost"] or 0)).quantize(Decimal("0.01"))
     rows = list(qs[:500])
     for finding in rows:
         finding.can_act = _can_act(request.user, finding)
