@@ -1,0 +1,70 @@
+"""Admin for the rollup tables: read-only views for checking numbers (rows are recomputed
+by the rollup, so edits here would be overwritten by the next run). Pending marks have a composite key, which the admin cannot show."""
+
+from django.contrib import admin
+
+from apps.telemetry.models import (
+    AllocationGpuHourly,
+    CapacityDaily,
+    GpuRollup5m,
+    UsageDaily,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(GpuRollup5m)
+class GpuRollup5mAdmin(ReadOnlyAdmin):
+    list_display = (
+        "gpu",
+        "bucket",
+        "samples",
+        "covered_s",
+        "missing_s",
+        "allocated_s",
+        "busy_s",
+        "idle_s",
+        "mem_held_idle_s",
+        "activity_source",
+    )
+    list_filter = ("activity_source",)
+    list_select_related = ("gpu__node",)
+    search_fields = ("gpu__uuid",)
+    ordering = ("-bucket",)
+
+
+@admin.register(AllocationGpuHourly)
+class AllocationGpuHourlyAdmin(ReadOnlyAdmin):
+    list_display = (
+        "allocation",
+        "gpu",
+        "hour",
+        "allocated_s",
+        "observed_s",
+        "busy_s",
+        "idle_s",
+        "mem_held_idle_s",
+    )
+    list_select_related = ("allocation", "gpu__node")
+    search_fields = ("allocation__external_id", "gpu__uuid")
+    ordering = ("-hour",)
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdmin):
+    list_display = ("day", "team", "project", "cluster", "gpu_model", "allocated_s", "busy_s")
+    list_filter = ("cluster", "team")
+    date_hierarchy = "day"
+
+
+@admin.register(CapacityDaily)
+class CapacityDailyAdmin(ReadOnlyAdmin):
+    list_display = ("day", "cluster", "gpu_model", "capacity_s", "allocated_s", "unallocated_s")
+    list_filter = ("cluster",)
+    date_hierarchy = "day"
