@@ -134,32 +134,25 @@ class GpuNow:
     reporting: int
 
 
-def _latest_rollups(*, gpu_ids: Iterable[int] | None, now: dt.datetime) -> dict[int, GpuRollup5m]:
-    """The newest 5-minute rollup of each GPU within the last ``RECENT_S`` seconds."""
+def _latest_rollups(*, gpu_ids: Iterable[int] | None, now: dt.datetime) -> dict[int, dict]:
+    """The newest 5-minute rollup of each GPU within the last ``RECENT_S`` seconds, as dicts
+    (plain values, not model instances: the fleet table reads one per GPU every few seconds)."""
     since = int(now.timestamp()) - RECENT_S
     rows = GpuRollup5m.objects.filter(bucket__gte=since).order_by("gpu_id", "bucket")
     if gpu_ids is not None:
         rows = rows.filter(gpu_id__in=list(gpu_ids))
-    latest: dict[int, GpuRollup5m] = {}
-    for row in rows.only(
-        "gpu_id",
-        "bucket",
-        "covered_s",
-        "busy_s",
-        "allocated_s",
-        "mem_used_mean_mib",
-        "power_mean_w",
-        "util_mean",
-        "activity_source",
+    latest: dict[int, dict] = {}
+    for row in rows.values(
+        "gpu_id", "bucket", "covered_s", "busy_s", "mem_used_mean_mib", "power_mean_w"
     ):
-        latest[row.gpu_id] = row
+        latest[row["gpu_id"]] = row
     return latest
 
 
-def activity_of(row: GpuRollup5m | None) -> float | None:
-    if row is None or not row.covered_s:
+def activity_of(row: dict | None) -> float | None:
+    if row is None or not row["covered_s"]:
         return None
-    return min(1.0, row.busy_s / row.covered_s)
+    return min(1.0, row["busy_s"] / row["covered_s"])
 
 
 def gpus_now(
@@ -570,7 +563,9 @@ def fleet_state(
         cluster = clusters.setdefault(
             node.cluster_id, {"cluster": node.cluster, "nodes": {}, "gpus": 0, "busy": 0}
         )
-        node_entry = cluster["nodes"].setdefault(node.id, {"node": node, "gpus": []})
+        node_entry = cluster["nodes"].setdefault(
+            node.id, {"node": node, "gpus": [], "last_seen": ago(now=now, then=node.last_seen_at)}
+        )
         roll = latest.get(gpu.id)
         activity = activity_of(roll)
         cluster["gpus"] += 1
@@ -579,14 +574,16 @@ def fleet_state(
             {
                 "gpu": gpu,
                 "activity": activity,
-                "memory_gib": (roll.mem_used_mean_mib / 1024)
-                if roll and roll.mem_used_mean_mib is not None
+                "memory_gib": (roll["mem_used_mean_mib"] / 1024)
+                if roll and roll["mem_used_mean_mib"] is not None
                 else None,
                 "memory_total_gib": gpu.mem_total_mib / 1024 if gpu.mem_total_mib else None,
-                "power_w": roll.power_mean_w if roll else None,
+                "power_w": roll["power_mean_w"] if roll else None,
                 "holder": holders.get(gpu.id),
                 "stale": gpu.last_seen_at is None
                 or (now - gpu.last_seen_at).total_seconds() > RECENT_S,
+                "last_seen": ago(now=now, then=gpu.last_seen_at),
+                "activity_pct": None if activity is None else round(100 * activity),
             }
         )
     result = []
@@ -594,6 +591,18 @@ def fleet_state(
         entry["nodes"] = sorted(entry["nodes"].values(), key=lambda n: n["node"].hostname)
         result.append(entry)
     return result
+
+
+def ago(*, now: dt.datetime, then: dt.datetime | None) -> str:
+    """'42 s ago', '3 min ago', '2 h ago', '4 d ago' (cheaper than Django's timesince, which
+    matters on a 1,000-GPU fleet table re-rendered every few seconds)."""
+    if then is None:
+        return "never"
+    seconds = max(0, int((now - then).total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
 
 
 def nodes_count() -> int:

@@ -12,6 +12,7 @@ import plotly
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
@@ -227,6 +228,17 @@ def _line_charts(lines) -> list[dict]:
     ]
 
 
+def _fleet_context(request, filters) -> dict:
+    # URLs built once, not per row: the table has a row per GPU and is re-rendered every 5 s.
+    return {
+        "clusters_state": sel.fleet_state(gpus=gpus_visible_to(user=request.user), filters=filters),
+        "refreshed_at": timezone.now(),
+        "query": filters.query(),
+        "gpu_prefix": reverse("gpu", args=["x"])[:-2],
+        "job_prefix": reverse("job", args=[0])[:-2],
+    }
+
+
 def _require_fleet_view(user) -> None:
     # The fleet page shows every GPU and who holds it: only roles that see every team.
     if not user_sees_all_teams(user=user):
@@ -237,10 +249,7 @@ def _require_fleet_view(user) -> None:
 @with_filters()
 def fleet(request, filters):
     _require_fleet_view(request.user)
-    context = _base_context(request, filters) | {
-        "clusters_state": sel.fleet_state(gpus=gpus_visible_to(user=request.user), filters=filters),
-        "refreshed_at": timezone.now(),
-    }
+    context = _base_context(request, filters) | _fleet_context(request, filters)
     return render(request, "dashboard/fleet.html", context)
 
 
@@ -249,11 +258,7 @@ def fleet(request, filters):
 def fleet_fragment(request, filters):
     """The fleet table alone, for the page to swap in place every few seconds."""
     _require_fleet_view(request.user)
-    context = {
-        "filters": filters,
-        "clusters_state": sel.fleet_state(gpus=gpus_visible_to(user=request.user), filters=filters),
-        "refreshed_at": timezone.now(),
-    }
+    context = {"filters": filters} | _fleet_context(request, filters)
     response = render(request, "dashboard/_fleet_table.html", context)
     response["Cache-Control"] = "no-store"
     return response

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import re
 
+import plotly.graph_objects as go
 import pytest
 from django.urls import reverse
 
@@ -302,8 +303,12 @@ def test_every_chart_series_stays_under_2000_points(client, data):
         (reverse("gpu", args=[data.gpus[0].uuid]), {"range": "30d"}),
     ]:
         body = client.get(url, params).content.decode()
-        for blob in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', body, re.S):
-            for trace in json.loads(blob)["data"]:
+        blobs = re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', body, re.S)
+        assert blobs
+        for blob in blobs:
+            figure = json.loads(blob)
+            go.Figure(figure)  # valid against plotly's schema (raises otherwise)
+            for trace in figure["data"]:
                 assert len(trace.get("x", [])) <= charts.MAX_POINTS
 
 
