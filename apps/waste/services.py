@@ -230,7 +230,16 @@ def _walk_allocation(
             cursor.next_bucket = walk.walk_buckets(
                 state=state, start=cursor.next_bucket, horizon=bucket_horizon
             )
-        cursor.next_hour = walk.walk_hours(state=state, start=cursor.next_hour, horizon=horizon)
+        hour_horizon = horizon
+        if allocation.end is not None and cursor.next_bucket >= bucket_of(
+            ts_of(allocation.end) + BUCKET_S
+        ):
+            # Every bucket of the ended allocation is in, so is its last, partial hour.
+            end_ts = ts_of(allocation.end)
+            hour_horizon = max(horizon, end_ts + (-end_ts) % HOUR_S)
+        cursor.next_hour = walk.walk_hours(
+            state=state, start=cursor.next_hour, horizon=hour_horizon
+        )
         if allocation.end is not None:
             end_ts = ts_of(allocation.end)
             if cursor.next_bucket >= bucket_of(end_ts + BUCKET_S) and cursor.next_hour >= end_ts:

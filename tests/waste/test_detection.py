@@ -133,18 +133,24 @@ def test_bulk_detection_gives_the_same_findings_as_live(built):
     assert findings_observed(built) == observed
 
 
-def test_allocation_end_resolves_and_keeps_totals(built):
+@pytest.mark.parametrize("end", [h(4), h(4) + dt.timedelta(minutes=20)])
+def test_allocation_end_resolves_and_keeps_totals(built, end):
     from apps.tenancy.models import Allocation
-    from apps.waste.models import Finding
+    from apps.waste.models import DetectionCursor, Finding
     from apps.waste.services import waste_detect
 
-    Allocation.objects.filter(external_id="slurm:1006").update(end=h(4))
+    Allocation.objects.filter(external_id__in=["slurm:1006", "slurm:1007"]).update(end=end)
     last_seen_set(built, now=LAST)
     waste_detect(now=LAST)
-    finding = Finding.objects.get(rule="oversized_gpu")
-    assert finding.status == "resolved"
-    assert finding.ended == h(4)
-    assert finding.wasted_gpu_hours == pytest.approx(0.9 * 8 * 4)
+    oversized = Finding.objects.get(rule="oversized_gpu")
+    assert oversized.status == "resolved"
+    assert oversized.ended == end
+    hours = (end - T0).total_seconds() / 3600
+    assert oversized.wasted_gpu_hours == pytest.approx(0.9 * 8 * hours)
+    low = Finding.objects.get(rule="low_efficiency")
+    assert (low.status, low.ended) == ("resolved", end)
+    ended = DetectionCursor.objects.filter(allocation__end__isnull=False)
+    assert ended.count() == 2 and all(c.done for c in ended)
 
 
 def test_disabled_rule_and_policy_resolution(built, personas):
