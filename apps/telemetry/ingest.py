@@ -188,9 +188,9 @@ def _check_gpus(errors: _Errors, gpus: Any) -> list[dict[str, Any]]:
         if not isinstance(uuid, str) or not uuid.strip() or len(uuid) > 100:
             errors.add(f"{path}.uuid", "required: a non-empty string of at most 100 characters")
             continue
-        index = gpu.get("index", 0)
-        if type(index) is not int or not 0 <= index <= 32767:
-            errors.add(f"{path}.index", "must be an integer 0-32767")
+        index = gpu.get("index")
+        if index is not None and (type(index) is not int or not 0 <= index <= 32767):
+            errors.add(f"{path}.index", "must be an integer 0-32767 or absent")
         mem = gpu.get("mem_total_mib")
         if mem is not None and (type(mem) not in (int, float) or not 0 <= mem < 2**31):
             errors.add(f"{path}.mem_total_mib", "must be a non-negative number or null")
@@ -200,7 +200,7 @@ def _check_gpus(errors: _Errors, gpus: Any) -> list[dict[str, Any]]:
         out.append(
             {
                 "uuid": uuid,
-                "index": index if type(index) is int else 0,
+                "index": index if type(index) is int else None,  # None: keep / next free
                 "model": model or "",
                 "mem_total_mib": int(mem) if type(mem) in (int, float) else None,
                 "mig_parent": parent or None,

@@ -138,12 +138,11 @@ def _batches_for_node(hostname: str, rows: pd.DataFrame) -> dict:
     )
     gpu_payload = [
         {
-            "uuid": uuid,
-            "index": i,
+            "uuid": uuid,  # no index: the CSV has none; new GPUs get the node's next one
             "model": model or None,
             "mem_total_mib": None if np.isnan(mem) else int(mem),
         }
-        for i, (uuid, model, mem) in enumerate(gpus.itertuples(index=False, name=None))
+        for uuid, model, mem in gpus.itertuples(index=False, name=None)
     ]
     # Same GPU and timestamp twice: the first row wins, the rest are duplicates.
     rows = rows.drop_duplicates(["gpu_uuid", "ts"], keep="first")

@@ -177,6 +177,7 @@ def _gpus_upsert(*, node: Node, checked: CheckedBatch, now: datetime) -> dict[st
         )
     # Parents first, so MIG instances can point at them.
     ordered = sorted(listed.values(), key=lambda g: g["mig_parent"] is not None)
+    next_index = None  # for new GPUs reported without an index (CSV imports)
     for g in ordered:
         parent_id = None
         if g["mig_parent"]:
@@ -186,8 +187,15 @@ def _gpus_upsert(*, node: Node, checked: CheckedBatch, now: datetime) -> dict[st
         if parent_id and not profile:
             profile = "unknown"
         gpu = existing.get(g["uuid"])
+        index = g["index"]
+        if index is None and gpu is not None:
+            index = gpu.index
+        elif index is None:
+            if next_index is None:
+                next_index = Gpu.objects.filter(node=node, mig_parent__isnull=True).count()
+            index, next_index = next_index, next_index + 1
         fields = {
-            "index": g["index"],
+            "index": index,
             "model_name": g["model"] or (gpu.model_name if gpu else "") or "unknown",
             "mem_total_mib": g["mem_total_mib"]
             if g["mem_total_mib"] is not None

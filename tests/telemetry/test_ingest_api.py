@@ -264,6 +264,16 @@ def test_413_gzip_bomb_refused_without_inflating_it(client, settings, monkeypatc
     assert nothing_stored()
 
 
+def test_body_larger_than_djangos_form_limit_but_within_ours(client, settings):
+    """Django refuses request.body over 2.5 MB; the endpoint streams the body itself."""
+    settings.FLOPWATCH_INGEST_MAX_BODY_BYTES = 8 * 1024 * 1024
+    _node, token = node_with_token()
+    batch = make_batch()
+    batch["padding"] = "x" * (5 * 1024 * 1024)  # an unknown top-level key: ignored
+    assert post(client, token, batch).status_code == 202
+    assert post(client, token, batch, gzip_it=True).json()["duplicates"] == 10
+
+
 def test_mig_instances_and_gpu_updates(client):
     _node, token = node_with_token()
     batch = make_batch(points=2, gpus=1, job=None)

@@ -53,6 +53,7 @@ def test_import_creates_what_it_does_not_know(tmp_path):
     assert set(Node.objects.values_list("hostname", flat=True)) == {"n1", "n2"}
     assert Gpu.objects.get(uuid="GPU-c3").model_name == "NVIDIA H100"
     assert Gpu.objects.get(uuid="GPU-c1").mem_total_mib == 40960
+    assert sorted(Gpu.objects.filter(node__hostname="n1").values_list("index", flat=True)) == [0, 1]
     project = Project.objects.get(slug="vision")
     assert project.team == Team.objects.get(slug="ml-team")
     allocation = Allocation.objects.get()
