@@ -142,3 +142,15 @@ def test_webhook_404_marks_channel_broken_and_the_page_shows_it(
     client.force_login(personas.owner)
     page = client.get("/findings/").content.decode()
     assert "Webhook of Team A is broken" in page
+
+
+def test_finding_resolved_before_sending_is_not_announced(make_finding):
+    from apps.waste.models import Finding, Notification
+    from apps.waste.services import finding_opened_notify
+
+    finding = make_finding()
+    finding_opened_notify(finding=finding, now=h(2))
+    Finding.objects.filter(pk=finding.pk).update(status="resolved")
+    assert _send(h(2)).skipped == 1
+    assert not mail.outbox
+    assert Notification.objects.get().last_error == "not sent: finding already resolved"

@@ -44,12 +44,13 @@ class Transport:
     def obsolete(self, *, notification: Notification) -> str | None:
         """A reason not to send any more (the finding was acknowledged meanwhile), or None."""
         finding = notification.finding
-        if (
-            notification.kind == Notification.Kind.REMINDER
-            and finding is not None
-            and finding.status != Status.OPEN
-        ):
+        if finding is None:
+            return None
+        if notification.kind == Notification.Kind.REMINDER and finding.status != Status.OPEN:
             return f"not sent: finding is {finding.status}"
+        if notification.kind == Notification.Kind.OPENED and finding.status == Status.RESOLVED:
+            # Cleared before it could be sent (a GPU back after a blip): no news is good news.
+            return "not sent: finding already resolved"
         return None
 
     @staticmethod
