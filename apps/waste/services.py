@@ -647,6 +647,12 @@ def notifications_send_due(*, now: dt.datetime | None = None, limit: int = 200) 
 
     now = now or timezone.now()
     summary = SendSummary()
+    # A worker that died between claiming and recording the outcome may or may not have sent
+    # its message; never sending twice wins over sending at least once, so such a row fails
+    # visibly (in the admin) instead of going out again.
+    summary.failed += Notification.objects.filter(
+        state=Notification.State.SENDING, claimed_at__lt=now - dt.timedelta(hours=1)
+    ).update(state=Notification.State.FAILED, last_error="worker died while sending; not retried")
     due = list(
         Notification.objects.filter(state=Notification.State.PENDING, next_attempt_at__lte=now)
         .order_by("next_attempt_at", "id")

@@ -154,3 +154,18 @@ def test_finding_resolved_before_sending_is_not_announced(make_finding):
     assert _send(h(2)).skipped == 1
     assert not mail.outbox
     assert Notification.objects.get().last_error == "not sent: finding already resolved"
+
+
+def test_a_claim_abandoned_by_a_dead_worker_fails_instead_of_sending_twice(make_finding):
+    from apps.waste.models import Notification
+    from apps.waste.services import finding_opened_notify, notification_claim
+
+    finding_opened_notify(finding=make_finding(), now=h(2))
+    notification = Notification.objects.get()
+    assert notification_claim(notification_id=notification.pk, now=h(2))
+    assert not notification_claim(notification_id=notification.pk, now=h(2))  # exactly once
+    assert _send(h(2.5)).failed == 0  # still within the hour: maybe still sending
+    assert _send(h(3.1)).failed == 1
+    notification.refresh_from_db()
+    assert notification.state == "failed" and "worker died" in notification.last_error
+    assert not mail.outbox
