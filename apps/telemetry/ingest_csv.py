@@ -168,7 +168,14 @@ def _batches_for_node(hostname: str, rows: pd.DataFrame) -> dict:
             if not np.isnan(values).all():
                 entry[c] = [None if v != v else v for v in values.tolist()]
         series.append(entry)
-    return {"node": hostname, "agent": {"source": "csv"}, "gpus": gpu_payload, "series": series}
+    # The sampling interval, so rollups cap each sample's time at twice the real interval.
+    ts_all, same_gpu = columns["ts"], (text["gpu_uuid"][1:] == text["gpu_uuid"][:-1])
+    steps = np.diff(ts_all)[same_gpu] if len(ts_all) > 1 else np.empty(0)
+    steps = steps[steps > 0]
+    agent: dict = {"source": "csv"}
+    if len(steps):
+        agent["interval_s"] = float(min(max(np.median(steps), 1), 86_400))
+    return {"node": hostname, "agent": agent, "gpus": gpu_payload, "series": series}
 
 
 def samples_csv_import(
@@ -247,6 +254,11 @@ def samples_csv_import(
             result.nodes.add(hostname)
         if progress:
             progress(len(chunk))
+    # History: jobs whose samples ended long ago are closed now rather than by the next
+    # periodic run, so a rollup right after the import sees them whole.
+    from apps.tenancy.services import allocations_close_stale
+
+    allocations_close_stale(now=now)
     return result
 
 

@@ -174,7 +174,11 @@ def allocations_close_stale(*, now: datetime | None = None) -> int:
             )
             if allocation is None:
                 continue
-            end_ts = last_ts + settings.FLOPWATCH_DEFAULT_INTERVAL_S
+            # The last sample stands for one interval of its node (the slowest of them).
+            intervals = Gpu.objects.filter(allocation_gpus__allocation=allocation).values_list(
+                "node__sample_interval_s", flat=True
+            )
+            end_ts = last_ts + max(intervals, default=settings.FLOPWATCH_DEFAULT_INTERVAL_S)
             end = max(datetime.fromtimestamp(end_ts, tz=UTC), allocation.start)
             Allocation.objects.filter(pk=allocation.pk).update(end=end)
             AllocationSeen.objects.filter(pk=allocation.pk).update(closed_by_grace=True)

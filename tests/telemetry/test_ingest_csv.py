@@ -63,6 +63,9 @@ def test_import_creates_what_it_does_not_know(tmp_path):
         project,
     )
     assert allocation.start == datetime.fromtimestamp(T0, tz=UTC)
+    # History: closed at its last sample plus one interval (the CSV's, 60 s).
+    assert Node.objects.get(hostname="n1").sample_interval_s == 60
+    assert allocation.end == datetime.fromtimestamp(T0 + 240 + 60, tz=UTC)
     assert set(allocation.gpus.values_list("uuid", flat=True)) == {"GPU-c1", "GPU-c2"}
     c2 = RawSample.objects.filter(gpu__uuid="GPU-c2").order_by("ts")
     assert [s.sm_active for s in c2] == [None] * 5
