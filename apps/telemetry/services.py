@@ -445,12 +445,14 @@ def gpu_samples_ingest(
     try:
         return _store(node=node, checked=checked, now=now, options=options)
     except IntegrityError:
-        # A cached GPU id that an admin deleted meanwhile, or a partition dropped under us:
-        # forget the caches and try once more from the database.
+        # Another request stored some of these keys between our check and our COPY, or a
+        # cached GPU id was deleted meanwhile: everything was rolled back; forget the caches
+        # and store once more through the always-safe staging path.
         ingest_caches_clear()
         if checked.samples:
             raw_partitions_ensure(start_ts=int(checked.ts.min()), end_ts=int(checked.ts.max()))
-        return _store(node=node, checked=checked, now=now, options=options)
+            raw_stage_prepare()
+        return _store(node=node, checked=checked, now=now, options={**options, "direct": False})
 
 
 @transaction.atomic
@@ -471,7 +473,9 @@ def _store(*, node: Node, checked: CheckedBatch, now: datetime, options: dict) -
         values = {k: v[first] for k, v in checked.values.items()}
     else:
         values = checked.values
-    inserted = raw_samples_store(gpu_ids=gpu_ids, ts=ts, values=values)
+    inserted = raw_samples_store(
+        gpu_ids=gpu_ids, ts=ts, values=values, direct=options.get("direct", True)
+    )
     interval = checked.interval_s or node.sample_interval_s or settings.FLOPWATCH_DEFAULT_INTERVAL_S
     _buckets_mark(gpu_ids=gpu_ids, ts=ts, interval_s=interval)
 

@@ -121,3 +121,40 @@ def test_database_dies_mid_request_503_and_nothing_partial(client):
     r = post(client, token, make_batch(points=5, gpus=2), gzip_it=True)
     assert r.status_code == 202
     assert r.json()["accepted"] == 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_of_the_same_batch_store_each_sample_once():
+    """Two requests carrying the same samples at the same moment (an agent retrying while
+    its first attempt is still in flight): every sample stored once, both answered."""
+    import threading
+
+    from django.db import connections
+
+    node, _ = node_with_token()
+    start = int(time.time()) - 3000
+    gpu_samples_ingest(node=node, batch=make_batch(points=1, gpus=2, start=start - 600))
+    results: list = []
+    errors: list = []
+
+    def push(batch, barrier):
+        try:
+            barrier.wait()
+            results.append(gpu_samples_ingest(node=node, batch=batch))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    for round_ in range(6):
+        batch = make_batch(points=50, gpus=2, start=start + round_ * 500)
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=push, args=(batch, barrier)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert sum(r.accepted for r in results) == 6 * 100
+    assert sum(r.accepted + r.duplicates for r in results) == 2 * 6 * 100
+    assert RawSample.objects.filter(ts__gte=start).count() == 6 * 100
