@@ -224,7 +224,7 @@ FLOPWATCH_ROLLUP_5M_RETENTION_DAYS = env.int("FLOPWATCH_ROLLUP_5M_RETENTION_DAYS
 FLOPWATCH_HOURLY_RETENTION_DAYS = env.int("FLOPWATCH_HOURLY_RETENTION_DAYS", 400, minimum=1)
 # Rollups: activity below this counts as idle; pending buckets recomputed per transaction.
 FLOPWATCH_IDLE_ACTIVITY = env.float("FLOPWATCH_IDLE_ACTIVITY", 0.01, minimum=0.0)
-FLOPWATCH_ROLLUP_CHUNK = env.int("FLOPWATCH_ROLLUP_CHUNK", 100_000, minimum=1)
+FLOPWATCH_ROLLUP_CHUNK = env.int("FLOPWATCH_ROLLUP_CHUNK", 500_000, minimum=1)
 # Spread unallocated capacity over teams in proportion to their cost (else a platform row).
 FLOPWATCH_SPREAD_UNALLOCATED = env.bool("FLOPWATCH_SPREAD_UNALLOCATED", False)
 FLOPWATCH_DIGEST_PERIOD = env.choice(

@@ -200,7 +200,7 @@ def _claim(cursor, *, limit: int) -> int:
     pending = _t(RollupPending)
     cursor.execute(
         f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
-        f"SELECT gpu_id, bucket, marked_at FROM {pending} ORDER BY gpu_id, bucket LIMIT %s",
+        f"SELECT gpu_id, bucket, marked_at FROM {pending} ORDER BY bucket, gpu_id LIMIT %s",
         [limit],
     )
     cursor.execute("SELECT COUNT(*) FROM fw_claim")
@@ -324,6 +324,21 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
     _analyze(cursor, "fw_num")
     thr = idle_threshold()
     raw = _t(RawSample)
+    # Constant bounds let PostgreSQL skip the day partitions outside the work at plan time.
+    cursor.execute("SELECT MIN(tlo), MAX(thi) FROM fw_isl")
+    lo, hi = cursor.fetchone()
+    if lo is None:
+        return 0
+    scan = _seq_scan_better(cursor, lo=int(lo) - pad, hi=int(hi) + pad)
+    if scan:
+        # Most rows of the partitions are wanted (a backlog, an import): one sequential
+        # pass beats an index probe per row, which is a random heap read in a table stored
+        # in arrival order.
+        cursor.execute("SET LOCAL enable_indexscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        # Hash the buckets rather than sort the samples a second time (the estimate of
+        # groups is far off for temporary tables).
+        cursor.execute("SET LOCAL enable_sort = off")
     cursor.execute(
         f"""
         WITH w AS (
@@ -333,6 +348,7 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
             FROM fw_isl i
             JOIN fw_gpu g ON g.gpu_id = i.gpu_id
             JOIN {raw} x ON x.gpu_id = i.gpu_id AND x.ts >= i.tlo - %s AND x.ts < i.thi + %s
+            WHERE x.ts >= {int(lo) - pad} AND x.ts < {int(hi) + pad}
         ),
         d AS (
             SELECT gpu_id, tlo, thi, ts, ts - ts %% {BUCKET_S} AS b0,
@@ -429,7 +445,33 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
         """,
         [pad, pad, thr, MEM_HELD_MIB],
     )
-    return cursor.rowcount
+    rows = cursor.rowcount
+    if scan:
+        cursor.execute("SET LOCAL enable_indexscan = on")
+        cursor.execute("SET LOCAL enable_bitmapscan = on")
+        cursor.execute("SET LOCAL enable_sort = on")
+    return rows
+
+
+def _seq_scan_better(cursor, *, lo: int, hi: int) -> bool:
+    """Whether the claimed buckets want a large share of the raw rows in [lo, hi) (PostgreSQL
+    only; estimated from the claim size and the partitions' row counts)."""
+    if not _pg():
+        return False
+    from apps.telemetry.storage import partition_name
+
+    cursor.execute("SELECT COUNT(*), MIN(cap) FROM fw_claim c JOIN fw_gpu g USING (gpu_id)")
+    claimed, cap = cursor.fetchone()
+    if not claimed:
+        return False
+    wanted = claimed * BUCKET_S / max(1, (cap or 20) // 2)
+    days = range(lo - lo % DAY_S, hi, DAY_S)
+    cursor.execute(
+        "SELECT COALESCE(SUM(GREATEST(reltuples, 0)), 0) FROM pg_class WHERE relname = ANY(%s)",
+        [[partition_name(day) for day in days]],
+    )
+    stored = float(cursor.fetchone()[0])
+    return stored > 0 and wanted > 0.2 * stored
 
 
 def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
@@ -772,7 +814,7 @@ def rollups_run_pending(
     """
     now = now or timezone.now()
     now_ts = _epoch(now)
-    limit = chunk or int(getattr(settings, "FLOPWATCH_ROLLUP_CHUNK", 100_000))
+    limit = chunk or int(getattr(settings, "FLOPWATCH_ROLLUP_CHUNK", 500_000))
     started = time.monotonic()
     total = RollupPending.objects.count()
     summary: dict = {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0, "chunks": 0}
