@@ -202,6 +202,34 @@ def load(port: int, tokens, batches, seconds: float) -> tuple:
     return accepted, duplicates, latencies, time.monotonic() - started, errors, sent
 
 
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(master: int) -> dict[tuple[str, int], float]:
+    """CPU seconds so far of the gunicorn master and workers, and of the PostgreSQL backends
+    serving the benchmark database (same machine)."""
+    import psycopg
+
+    out = {("web", master): _proc_cpu(master)}
+    for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
+        out[("web", int(child))] = _proc_cpu(int(child))
+    name = DB_URL.rsplit("/", 1)[1]
+    with psycopg.connect(DB_URL, autocommit=True) as conn:
+        pids = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    for (pid,) in pids:
+        out[("db", pid)] = _proc_cpu(pid)
+    return out
+
+
 def copy_ceiling(batches) -> tuple[int, float]:
     """Bare binary COPY of the same rows into an empty raw table, 100,000 rows per COPY."""
     import numpy as np
@@ -306,7 +334,9 @@ def main() -> int:
         warm = {host: bodies[:1] for host, bodies in batches.items()}
         load(port, tokens[: CLIENTS * 2], warm, 10)
         rest = {host: bodies[1:] for host, bodies in batches.items()}
+        cpu_before = server_cpu(server.pid)
         accepted, duplicates, latencies, elapsed, errors, sent = load(port, tokens, rest, SECONDS)
+        cpu_after = server_cpu(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -323,6 +353,19 @@ def main() -> int:
     )
     print(f"  latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     # The ceiling copies the rows that were sent (warm-up included) into an emptied table.
+    web_s = sum(cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after if k[0] == "web")
+    db_s = sum(cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after if k[0] == "db")
+    if accepted:
+        per_k = (web_s + db_s) / accepted * 1000 * 1000
+        print(
+            f"  server CPU per 1,000 samples: {per_k:.1f} ms (gunicorn {web_s / accepted * 1e6:.1f}"
+            f" + PostgreSQL backends {db_s / accepted * 1e6:.1f}); machine load average during "
+            f"the run {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
+        print(
+            f"  => on {os.cpu_count()} otherwise idle CPUs (load generator excluded) about "
+            f"{os.cpu_count() / (per_k / 1000) * 1000:,.0f} samples/s (estimate, not measured)"
+        )
     n, copy_s = copy_ceiling({h: b[: 1 + sent.get(h, 0)] for h, b in batches.items()})
     ceiling = n / copy_s
     print(f"  bare binary COPY ceiling: {ceiling:,.0f} rows/s ({n:,} rows in {copy_s:.2f} s)")
