@@ -154,3 +154,22 @@ def test_rollup_command_runs_pending_work_and_prunes():
     assert "rolled up 2 pending buckets" in out.getvalue()
     assert "pruned" in out.getvalue()
     assert RollupPending.objects.count() == 0
+
+
+def test_a_second_worker_backs_off_while_the_lock_is_held(postgres_only):
+    """Two beats or workers never recompute at once: the second returns ``busy`` and leaves
+    the marks for whoever holds the lock."""
+    import psycopg
+
+    from apps.telemetry.rollups import _LOCK_KEY
+    from tests.conftest import test_database_url
+
+    (gpu,) = fleet(interval=10)
+    samples(gpu, range(0, 300, 10), util_pct=50.0)
+    with psycopg.connect(test_database_url(), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+        assert rollups_run_pending(now=NOW)["busy"] is True
+        assert RollupPending.objects.filter(gpu=gpu).exists()
+        other.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+    assert "busy" not in rollups_run_pending(now=NOW)
+    assert not RollupPending.objects.exists()
