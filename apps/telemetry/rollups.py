@@ -367,11 +367,14 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
             FROM w {fence}
         ),
         s AS (
+            -- Seconds as floats: SUM over bigint is numeric on PostgreSQL, several times
+            -- slower, and the sums are whole seconds far below 2^53 anyway.
             SELECT gpu_id, tlo, thi, b0, d, act, prof, util_pct, sm, mem, power,
-                   CASE WHEN act IS NULL THEN 0
-                        ELSE {least}(d, b0 + {BUCKET_S} - ts) END AS own,
-                   CASE WHEN act IS NULL THEN 0
-                        ELSE {greatest}(ts + d - b0 - {BUCKET_S}, 0) END AS sp,
+                   CAST(CASE WHEN act IS NULL THEN 0
+                        ELSE {least}(d, b0 + {BUCKET_S} - ts) END AS DOUBLE PRECISION) AS own,
+                   CAST(CASE WHEN act IS NULL THEN 0
+                        ELSE {greatest}(ts + d - b0 - {BUCKET_S}, 0) END AS DOUBLE PRECISION)
+                   AS sp,
                    CASE WHEN act < %s THEN 1 ELSE 0 END
                    * CASE WHEN mem > %s THEN 2 ELSE 1 END AS idle_kind
             FROM d {fence}
