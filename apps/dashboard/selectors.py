@@ -292,10 +292,16 @@ def efficiency_trend(*, filters: DashboardFilters, projects: QuerySet[Project]) 
     """Pooled efficiency and average allocated GPUs of some projects per bucket."""
     bucket_s = filters.bucket_s(minimum=3600)
     buckets = _bucket_range(filters.start_ts, filters.end_ts, bucket_s)
+    first = buckets[0] if buckets else filters.start_ts
+    # The project's allocations that overlap the range first, then their hourly rows through
+    # the (allocation, gpu, hour) index: a few thousand rows instead of every GPU's hours.
+    allocation_ids = list(
+        Allocation.objects.filter(project__in=projects, start__lt=filters.end)
+        .filter(Q(end__isnull=True) | Q(end__gt=_epoch(first)))
+        .values_list("id", flat=True)
+    )
     hourly = AllocationGpuHourly.objects.filter(
-        allocation__project__in=projects,
-        hour__gte=buckets[0] if buckets else filters.start_ts,
-        hour__lt=filters.end_ts,
+        allocation_id__in=allocation_ids, hour__gte=first, hour__lt=filters.end_ts
     )
     if filters.cluster:
         hourly = hourly.filter(gpu__node__cluster__slug=filters.cluster)

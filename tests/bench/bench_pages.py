@@ -8,6 +8,7 @@ once, reused on later runs; ``--reseed`` rebuilds it) so that other benchmarks n
 wipe its rows. Seeding is set-based SQL (``generate_series``), not Python loops.
 
     python tests/bench/run.py pages            # or: python tests/bench/bench_pages.py
+    python tests/bench/bench_pages.py team project   # only these pages
 """
 
 from __future__ import annotations
@@ -366,7 +367,10 @@ def measure() -> None:
     client = Client(HTTP_HOST="localhost")
     client.force_login(get_user_model().objects.get(username="bench-admin"))
     print(f"{'page':<14} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    only = [a for a in sys.argv[1:] if not a.startswith("--")]
     for name, url in pages().items():
+        if only and name not in only:
+            continue
         response = client.get(url)  # warm caches, check it works
         assert response.status_code == 200, (url, response.status_code)
         times = []
