@@ -11,3 +11,4 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Task modules not named tasks.py (one per part, so parts do not edit each other's files).
 app.autodiscover_tasks(related_name="ingest_tasks")
+app.autodiscover_tasks(related_name="prometheus_tasks")

@@ -7,6 +7,8 @@ out what is pending from the database.
 
 from celery.schedules import crontab
 
+from apps.core.config import Env
+
 MINUTE = 60
 
 BEAT_SCHEDULE: dict[str, dict] = {}
@@ -48,6 +50,15 @@ BEAT_SCHEDULE["rollups-prune"] = {
     "task": "apps.telemetry.tasks.rollups_prune_task",
     "schedule": crontab(hour=3, minute=41),
     "options": {"expires": 60 * MINUTE},
+}
+
+# Import from Prometheus (dcgm-exporter) every FLOPWATCH_PROMETHEUS_INTERVAL_S. Read here from
+# the environment (settings.py imports this module and takes the value from the schedule).
+PROMETHEUS_INTERVAL_S = Env().int("FLOPWATCH_PROMETHEUS_INTERVAL_S", 300, minimum=10)
+BEAT_SCHEDULE["prometheus-import"] = {
+    "task": "apps.telemetry.prometheus_tasks.prometheus_import_task",
+    "schedule": PROMETHEUS_INTERVAL_S,
+    "options": {"expires": PROMETHEUS_INTERVAL_S},
 }
 
 __all__ = ["BEAT_SCHEDULE", "crontab"]

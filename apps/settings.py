@@ -237,3 +237,12 @@ FLOPWATCH_LINK_MAX_AGE_S = env.int("FLOPWATCH_LINK_MAX_AGE_S", 7 * 86_400, minim
 FLOPWATCH_WASTE_LATE_WAIT_S = env.int("FLOPWATCH_WASTE_LATE_WAIT_S", 3600, minimum=0)
 FLOPWATCH_REMINDER_PERIOD_S = env.int("FLOPWATCH_REMINDER_PERIOD_S", 86_400, minimum=60)
 FLOPWATCH_NOTIFY_BACKOFF_S = env.int("FLOPWATCH_NOTIFY_BACKOFF_S", 60, minimum=1)
+# Import from Prometheus (dcgm-exporter): the periodic import runs every INTERVAL_S and re-reads
+# the last OVERLAP_S (scrapes that arrived late); one run imports at most CATCHUP_S of history
+# (the first run starts that far back; a longer backlog is caught up over several runs).
+# Requests time out after TIMEOUT_S and are retried RETRIES times.
+FLOPWATCH_PROMETHEUS_INTERVAL_S = BEAT_SCHEDULE["prometheus-import"]["schedule"]
+FLOPWATCH_PROMETHEUS_OVERLAP_S = env.int("FLOPWATCH_PROMETHEUS_OVERLAP_S", 600, minimum=0)
+FLOPWATCH_PROMETHEUS_CATCHUP_S = env.int("FLOPWATCH_PROMETHEUS_CATCHUP_S", 6 * 3600, minimum=60)
+FLOPWATCH_PROMETHEUS_TIMEOUT_S = env.float("FLOPWATCH_PROMETHEUS_TIMEOUT_S", 30.0, minimum=0.1)
+FLOPWATCH_PROMETHEUS_RETRIES = env.int("FLOPWATCH_PROMETHEUS_RETRIES", 2, minimum=0)

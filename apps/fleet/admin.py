@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count
 
@@ -8,13 +9,101 @@ from apps.fleet.services import (
     service_token_create,
     service_token_revoke,
 )
+from apps.telemetry.prometheus import LABEL_NAME
+
+
+class ClusterForm(forms.ModelForm):
+    """Prometheus secrets are write-only: never sent to the browser, kept when left blank."""
+
+    prometheus_password = forms.CharField(
+        label="Basic auth password",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Leave blank to keep the stored one.",
+    )
+    prometheus_bearer_token = forms.CharField(
+        label="Bearer token",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Leave blank to keep the stored one.",
+    )
+    clear_prometheus_secrets = forms.BooleanField(
+        label="Clear the stored password and token", required=False
+    )
+
+    class Meta:
+        model = Cluster
+        exclude: list[str] = []  # every field; the fieldsets below lay them out
+
+    def clean(self):
+        data = super().clean()
+        for name in ("prometheus_password", "prometheus_bearer_token"):
+            if data.get("clear_prometheus_secrets"):
+                data[name] = ""
+            elif not data.get(name) and self.instance.pk:
+                data[name] = getattr(self.instance, name)
+        if data.get("prometheus_username") and data.get("prometheus_bearer_token"):
+            raise forms.ValidationError("Give basic auth or a bearer token, not both.")
+        label = data.get("project_label") or ""
+        if label and not LABEL_NAME.match(label):
+            self.add_error("project_label", "Not a Prometheus label name.")
+        mapping = data.get("namespace_projects")
+        if mapping is not None and (
+            not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values())
+        ):
+            self.add_error("namespace_projects", 'A JSON object: {"namespace": "project-slug"}.')
+        selector = data.get("prometheus_selector") or ""
+        if "{" in selector or "}" in selector:
+            self.add_error("prometheus_selector", 'Label matchers without braces: job="dcgm".')
+        return data
 
 
 @admin.register(Cluster)
 class ClusterAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "node_count", "created_at"]
+    form = ClusterForm
+    list_display = [
+        "slug",
+        "name",
+        "node_count",
+        "prometheus_url",
+        "prometheus_watermark",
+        "prometheus_status",
+        "created_at",
+    ]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["prometheus_last_run_at", "prometheus_last_error", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "description", "created_at"]}),
+        (
+            "Import from Prometheus (dcgm-exporter)",
+            {
+                "fields": [
+                    "prometheus_url",
+                    "prometheus_username",
+                    "prometheus_password",
+                    "prometheus_bearer_token",
+                    "clear_prometheus_secrets",
+                    "prometheus_verify_tls",
+                    "prometheus_selector",
+                    "prometheus_step_s",
+                    "namespace_projects",
+                    "project_label",
+                    "prometheus_watermark",
+                    "prometheus_last_run_at",
+                    "prometheus_last_error",
+                ]
+            },
+        ),
+    ]
+
+    @admin.display(description="last import")
+    def prometheus_status(self, obj):
+        if not obj.prometheus_url:
+            return "-"
+        if obj.prometheus_last_error:
+            return f"error: {obj.prometheus_last_error[:80]}"
+        return "ok" if obj.prometheus_last_run_at else "not run yet"
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_node_count=Count("nodes"))

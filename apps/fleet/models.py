@@ -5,12 +5,62 @@ from django.db.models import Q
 
 
 class Cluster(models.Model):
-    """A group of nodes run as one (a Slurm cluster, a Kubernetes cluster, a region)."""
+    """A group of nodes run as one (a Slurm cluster, a Kubernetes cluster, a region).
+
+    A cluster may also name a Prometheus that scrapes dcgm-exporter on its nodes: the periodic
+    import (``apps.telemetry.prometheus``) then pulls its GPU series, resuming from
+    ``prometheus_watermark``.
+    """
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # --- Import from Prometheus (dcgm-exporter) ---------------------------------------------
+    prometheus_url = models.URLField(
+        "Prometheus URL",
+        blank=True,
+        help_text="e.g. http://prometheus.monitoring:9090; empty = no import for this cluster.",
+    )
+    prometheus_username = models.CharField(
+        max_length=200, blank=True, help_text="Basic auth user (optional)."
+    )
+    # Secrets are stored as given (the import must send them); the admin never shows them.
+    prometheus_password = models.CharField(max_length=500, blank=True)
+    prometheus_bearer_token = models.CharField(max_length=2000, blank=True)
+    prometheus_verify_tls = models.BooleanField(
+        "verify TLS", default=True, help_text="Check the server's certificate (https)."
+    )
+    prometheus_selector = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text='Label matchers added to every query, e.g. cluster="a100-east" when one '
+        "Prometheus scrapes several clusters.",
+    )
+    prometheus_step_s = models.PositiveIntegerField(
+        "step (s)",
+        default=30,
+        help_text="Seconds between imported samples (the scrape interval is a good choice).",
+    )
+    namespace_projects = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Kubernetes namespace -> project slug, e.g. {"ray-llm": "llm-pretrain"}; '
+        "a namespace not listed is its own project.",
+    )
+    project_label = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="A series label whose value names the project (wins over the namespace).",
+    )
+    prometheus_watermark = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Imported up to here; the next run resumes from it. Clear it to start over.",
+    )
+    prometheus_last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    prometheus_last_error = models.TextField(blank=True, editable=False)
 
     class Meta:
         ordering = ["slug"]
