@@ -15,6 +15,12 @@ from apps.telemetry.prometheus import LABEL_NAME
 class ClusterForm(forms.ModelForm):
     """Prometheus secrets are write-only: never sent to the browser, kept when left blank."""
 
+    prometheus_url = forms.URLField(
+        label="Prometheus URL",
+        required=False,
+        assume_scheme="http",
+        help_text=Cluster._meta.get_field("prometheus_url").help_text,
+    )
     prometheus_password = forms.CharField(
         label="Basic auth password",
         required=False,

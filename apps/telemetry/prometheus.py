@@ -635,7 +635,9 @@ def prometheus_points_count(*, start: datetime, end: datetime, step_s: int) -> i
 # --- The periodic import ----------------------------------------------------------------------
 
 
-def cluster_prometheus_import(*, cluster: Cluster, now: datetime | None = None) -> ImportResult:
+def cluster_prometheus_import(
+    *, cluster: Cluster, now: datetime | None = None, chunk_points: int = DEFAULT_CHUNK_POINTS
+) -> ImportResult:
     """Import what is new in the cluster's Prometheus since its watermark.
 
     Re-reads the last ``FLOPWATCH_PROMETHEUS_OVERLAP_S`` (scrapes that arrived late; what was
@@ -667,6 +669,7 @@ def cluster_prometheus_import(*, cluster: Cluster, now: datetime | None = None) 
             end=datetime.fromtimestamp(end_ts, tz=UTC),
             step_s=step,
             checkpoint=checkpoint,
+            chunk_points=chunk_points,
             now=now,
         )
     except PrometheusImportError as exc:
