@@ -281,6 +281,11 @@ def _query_range(
         raise PrometheusImportError(
             f"Prometheus at {source.url} refused the query: {_server_message(exc)}"
         ) from None
+    except (requests.exceptions.JSONDecodeError, KeyError, TypeError) as exc:
+        # A body that is not the query API's JSON (a login page, a proxy's error page).
+        raise PrometheusImportError(
+            f"Prometheus at {source.url} answered something that is not its query API: {exc}"
+        ) from None
     except requests.RequestException as exc:
         timeout = client._timeout
         if "timed out" in str(exc).lower() or isinstance(exc, requests.Timeout):
@@ -291,10 +296,6 @@ def _query_range(
         if "refused" in reason.lower():
             reason = "connection refused"
         raise PrometheusImportError(f"cannot reach Prometheus at {source.url}: {reason}") from None
-    except ValueError as exc:  # a body that is not the query API's JSON
-        raise PrometheusImportError(
-            f"Prometheus at {source.url} answered something that is not its query API: {exc}"
-        ) from None
 
 
 def metric_query(*, metric: str, source: PrometheusSource, step: int) -> str:

@@ -278,11 +278,13 @@ class FakeServer:
     def __init__(self, handler: Callable[[str], tuple[int, bytes]]) -> None:
         self.handler = handler
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.requests.append(self.path)
+                outer.headers.append(dict(self.headers))
                 try:
                     status, body = outer.handler(self.path)
                 except (BrokenPipeError, ConnectionResetError):
