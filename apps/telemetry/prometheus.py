@@ -37,7 +37,7 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -58,8 +58,12 @@ log = logging.getLogger(__name__)
 # ("exceeded maximum resolution of 11,000 points per timeseries").
 MAX_POINTS = 11_000
 DEFAULT_CHUNK_POINTS = 10_000
-# Samples held in memory per metric and chunk; long ranges over many GPUs get shorter chunks.
-CHUNK_SAMPLE_BUDGET = 2_000_000
+# Points per query (one metric of a chunk): a chunk's seven answers are held in memory at once
+# as parsed JSON (~150 bytes a point), so long ranges over many GPUs get shorter chunks. The
+# width is the number of GPUs answering; before the first answer it is the GPUs the cluster
+# already has, or unknown: then the first chunk is a short probe.
+CHUNK_POINT_BUDGET = 200_000
+PROBE_POINTS = 360
 
 # Contract field -> dcgm-exporter metric. FB_FREE is not a sample field: the GPU's memory
 # total is used + free.
@@ -547,12 +551,9 @@ def _ingest_chunk(
         result.nodes.add(hostname)
 
 
-def _chunks(start: int, end: int, step: int, points: int) -> Iterator[tuple[int, int]]:
-    t = start
-    while t <= end:
-        last = min(end, t + (points - 1) * step)
-        yield t, last
-        t = last + step
+def _chunk_points(limit: int, width: int) -> int:
+    """Evaluation times per chunk: at most ``limit``, fewer when many GPUs answer."""
+    return max(1, min(limit, CHUNK_POINT_BUDGET // max(width, 1)))
 
 
 def prometheus_range_import(
@@ -590,7 +591,8 @@ def prometheus_range_import(
         return result
     client = _client(source)
     nodes: dict[str, Node] = {}
-    points = chunk_points
+    known = Gpu.objects.filter(node__cluster__slug=source.cluster_slug).count()
+    points = _chunk_points(chunk_points, known) if known else min(chunk_points, PROBE_POINTS)
     t = first
     try:
         while t <= last:
@@ -613,9 +615,7 @@ def prometheus_range_import(
                 checkpoint(chunk_end)
             if progress:
                 progress((chunk_end - t) // step_s + 1)
-            # Shorter chunks when many GPUs answer, so a chunk's values stay in memory bounds.
-            width = max(len(collected.devices), 1)
-            points = max(1, min(chunk_points, CHUNK_SAMPLE_BUDGET // width))
+            points = _chunk_points(chunk_points, len(collected.devices))
             t = chunk_end + step_s
     finally:
         client.close()

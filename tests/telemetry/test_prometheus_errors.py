@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlparse
@@ -97,12 +98,12 @@ def test_chunks_avoid_the_servers_resolution_limit():
 
     with FakeServer(strict) as fake:
         result = run(fake.url, start=T0 - 30_000, end=T0, step=1)
-    assert (result.chunks, result.queries) == (4, 28)
-    spans = {(params(p)["start"], params(p)["end"]) for p in fake.requests}
-    assert max(int(e) - int(s) + 1 for s, e in spans) == 10_000
-    # Steps cover the range once: consecutive chunks do not share an evaluation time.
-    starts = sorted(int(s) for s, _ in spans)
-    assert starts == [T0 - 30_000, T0 - 20_000, T0 - 10_000, T0]
+    assert result.queries == 7 * result.chunks == len(fake.requests)
+    spans = sorted({(int(params(p)["start"]), int(params(p)["end"])) for p in fake.requests})
+    assert max(e - s + 1 for s, e in spans) == 10_000  # --chunk-points' default
+    # The chunks cover the range once: consecutive chunks share no evaluation time.
+    assert spans[0][0] == T0 - 30_000 and spans[-1][1] == T0
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
 
 
 def test_the_servers_refusal_is_shown_as_it_says_it():
@@ -312,3 +313,22 @@ def test_admin_never_shows_secrets_and_keeps_them(client, django_user_model):
         f"/admin/fleet/cluster/{cluster.pk}/change/", {**form, "project_label": "a-b"}
     )
     assert bad.status_code == 200 and "Not a Prometheus label name" in bad.content.decode()
+
+
+def test_first_periodic_run_starts_catchup_back_and_sets_the_watermark(settings):
+    from apps.telemetry.prometheus import cluster_prometheus_import
+
+    now = at(T0 + 1234)
+    with FakeServer(lambda path: (200, EMPTY)) as fake:
+        cluster = Cluster.objects.create(
+            slug="east", name="East", prometheus_url=fake.url, prometheus_step_s=60,
+            prometheus_selector='job="dcgm"',
+        )  # fmt: skip
+        cluster_prometheus_import(cluster=cluster, now=now)
+    first = params(fake.requests[0])
+    start = T0 + 1234 - settings.FLOPWATCH_PROMETHEUS_CATCHUP_S
+    assert int(first["start"]) == -(-start // 60) * 60 and first["step"] == "60s"
+    assert 'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}[60s]' in first["query"]
+    cluster.refresh_from_db()
+    assert cluster.prometheus_watermark == at((T0 + 1234) // 60 * 60)
+    assert (cluster.prometheus_last_run_at, cluster.prometheus_last_error) == (now, "")
