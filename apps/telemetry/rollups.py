@@ -96,6 +96,8 @@ _TEMP_TABLES = {
     "fw_span": "gpu_id bigint, s bigint, e bigint",
 }
 _TEMP_INDEXES = {
+    # The release DELETE probes fw_claim once per pending row (SQLite has no hash join).
+    "fw_claim": "(gpu_id, bucket)",
     "fw_hour": "(gpu_id, hour)",
     "fw_alloc": "(gpu_id, s)",
     "fw_span": "(gpu_id, s)",
