@@ -20,7 +20,7 @@ extend nor break a run, because missing data is counted separately, never as bus
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -32,6 +32,12 @@ from apps.telemetry.models import AllocationGpuHourly, GpuRollup5m, RollupPendin
 from apps.tenancy.models import Allocation
 from apps.waste.models import Rule
 from apps.waste.selectors import ResolvedPolicy
+
+# What detection reads of a 5-minute rollup row; a plain tuple, not a model instance: a
+# month of history is hundreds of thousands of rows and building models was most of the time.
+BucketRow = namedtuple(
+    "BucketRow", "gpu_id bucket covered_s busy_s mem_used_mean_mib mem_used_max_mib"
+)
 
 BUCKET_S = 300
 HOUR_S = 3600
@@ -73,7 +79,7 @@ class GpuInfo:
         return cls(gpu.id, model, gpu.mig_profile, gpu.node.cluster_id, gpu.mem_total_mib)
 
 
-def gpu_bucket_class(*, row: GpuRollup5m, gpu: GpuInfo, policy: ResolvedPolicy) -> str:
+def gpu_bucket_class(*, row: GpuRollup5m | BucketRow, gpu: GpuInfo, policy: ResolvedPolicy) -> str:
     """nodata, idle, idle_mem, light (low use on a large GPU) or busy."""
     if row.covered_s < BUCKET_S / 2:
         return "nodata"
@@ -189,10 +195,11 @@ class AllocationWalk:
         runs: dict = state.setdefault("runs", {})
         alloc_start = ts_of(self.allocation.start)
         alloc_end = ts_of(self.allocation.end) if self.allocation.end else None
-        rows: dict[int, dict[int, GpuRollup5m]] = defaultdict(dict)
-        for row in GpuRollup5m.objects.filter(
+        rows: dict[int, dict[int, BucketRow]] = defaultdict(dict)
+        found = GpuRollup5m.objects.filter(
             gpu_id__in=list(self.gpus), bucket__gte=start, bucket__lt=horizon
-        ).only("gpu_id", "bucket", "covered_s", "busy_s", "mem_used_mean_mib", "mem_used_max_mib"):
+        ).values_list(*BucketRow._fields)
+        for row in map(BucketRow._make, found):
             rows[row.bucket][row.gpu_id] = row
         for bucket in sorted(rows):
             middle = bucket + BUCKET_S // 2
