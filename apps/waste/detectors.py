@@ -19,7 +19,9 @@ extend nor break a run, because missing data is counted separately, never as bus
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import math
 from collections import defaultdict, namedtuple
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,9 +31,9 @@ from django.conf import settings
 from apps.chargeback.selectors import RateLookup
 from apps.fleet.models import Gpu
 from apps.telemetry.models import AllocationGpuHourly, GpuRollup5m, RollupPending
-from apps.tenancy.models import Allocation
+from apps.tenancy.models import Allocation, Project
 from apps.waste.models import Rule
-from apps.waste.selectors import ResolvedPolicy
+from apps.waste.selectors import HourUsage, ResolvedPolicy
 
 # What detection reads of a 5-minute rollup row; a plain tuple, not a model instance: a
 # month of history is hundreds of thousands of rows and building models was most of the time.
@@ -130,6 +132,10 @@ class FindingSink:
     """What the walker calls to turn runs into findings (implemented in services)."""
 
     def open(self, *, rule: str, allocation: Allocation, run: dict) -> int: ...  # pragma: no cover
+
+    def open_project(
+        self, *, rule: str, project: Project, run: dict
+    ) -> int: ...  # pragma: no cover
 
     def extend(self, *, finding_id: int, run: dict) -> None: ...  # pragma: no cover
 
@@ -296,6 +302,95 @@ class AllocationWalk:
         end = ts_of(self.allocation.end)
         for rule in list(state.get("runs", {})):
             self._run_break(state["runs"], rule, at=end)
+
+
+@dataclass
+class ProjectWalk:
+    """``low_efficiency`` for a whole project: at the end of every hour, the project's jobs
+    pooled over the trailing window (busy / observed GPU-seconds, as for one allocation).
+
+    This closes the gap of the allocation rule: ten jobs of 10 GPU-hours at 5 % each never
+    reach its 50 GPU-hour floor, the project they belong to does. The project is judged as a
+    whole, independently of the findings its jobs may have: that keeps the verdict a function
+    of the rollups alone (the same live or in bulk, untouched by someone resolving a job's
+    finding by hand), and a big wasteful job can show up twice (its own finding and its
+    project's). The noise stays bounded: one finding per project while the condition holds,
+    announced once (notifications are keyed by finding), and an hour in which the project
+    uses no GPU at all is a pause -- it neither extends nor ends the finding -- so a project
+    with gaps between its jobs does not get a new alert after every gap. The finding ends at
+    the first hour whose trailing window no longer qualifies (efficiency above the floor, or
+    fewer GPU-hours than the minimum), the end of the last hour it held.
+    """
+
+    project: Project
+    policy: ResolvedPolicy
+    sink: FindingSink
+
+    def window_s(self) -> int:
+        return self.policy.low_efficiency_window_days * 86_400
+
+    def walk_hours(self, *, state: dict, start: int, last: int, usage: dict[int, HourUsage]) -> int:
+        """Evaluate the hours starting in ``[start, last)``; ``usage`` must hold every hour
+        from ``start + 1 h - window``. Returns the next hour to evaluate."""
+        runs: dict = state.setdefault("runs", {})
+        rule = Rule.LOW_EFFICIENCY
+        policy = self.policy
+        window = self.window_s()
+        known = sorted(usage)
+        for hour in range(start, last, HOUR_S):
+            end = hour + HOUR_S
+            in_window = known[
+                bisect.bisect_left(known, end - window) : bisect.bisect_left(known, end)
+            ]
+            # fsum: the same total whatever the order of the additions, so live detection and
+            # one bulk pass agree exactly at the min-GPU-hours and pct boundaries.
+            observed = math.fsum(usage[h].observed_s for h in in_window)
+            busy = math.fsum(usage[h].busy_s for h in in_window)
+            holds = (
+                policy.low_efficiency_enabled
+                and observed > 0
+                and observed >= policy.low_efficiency_min_gpu_hours * HOUR_S
+                and busy <= observed * policy.low_efficiency_pct / 100
+            )
+            run = runs.get(rule)
+            if not holds:
+                runs.pop(rule, None)
+                if run and run["finding"] is not None:
+                    self.sink.close(finding_id=run["finding"], run=run, ended=dt_of(run["end"]))
+                continue
+            now_hour = usage.get(hour)
+            if now_hour is None or now_hour.observed_s <= 0:
+                continue  # the project used no GPU this hour: a pause
+            if run is None:
+                # It fires on the whole window's unused time: that is the waste that made it.
+                run = {
+                    "start": end, "n": 0, "waste_s": 0.0, "cost": "0", "gpus": [],
+                    "finding": None,
+                }  # fmt: skip
+                waste_s = math.fsum(usage[h].unused_s for h in in_window)
+                cost = sum((usage[h].unused_cost for h in in_window), Decimal(0))
+            else:
+                waste_s, cost = now_hour.unused_s, now_hour.unused_cost
+            run["last"] = hour
+            run["end"] = end
+            run["n"] += 1
+            run["waste_s"] += waste_s
+            run["cost"] = str(Decimal(run["cost"]) + cost)
+            run["gpu_s"] = observed  # the window's GPU-seconds, not a running total
+            run["efficiency"] = busy / observed
+            run["detail"] = {
+                "scope": "project",
+                "window_days": policy.low_efficiency_window_days,
+                "window_gpu_hours": observed / HOUR_S,
+                "window_busy_gpu_hours": busy / HOUR_S,
+                "threshold_pct": policy.low_efficiency_pct,
+            }
+            if run["finding"] is None:
+                run["finding"] = self.sink.open_project(rule=rule, project=self.project, run=run)
+            else:
+                self.sink.extend(finding_id=run["finding"], run=run)
+            runs[rule] = run
+        return max(start, last)
 
 
 def allocation_horizon(

@@ -20,6 +20,28 @@ RULE_EXPLAINED = {
     Rule.OVERSIZED_GPU: "it uses a small part of a large GPU (a smaller GPU would do)",
     Rule.SILENT_GPU: "the GPU has stopped reporting",
 }
+# A project-level finding judges the project as a whole: its jobs pooled, independently of
+# the findings a job may have of its own (see ``detectors.ProjectWalk``); the text says so, so
+# that an owner who also got an alert about one of its jobs knows why there are two.
+PROJECT_RULE_EXPLAINED = {
+    Rule.LOW_EFFICIENCY: (
+        "its jobs together, pooled over their GPU-hours, are below the policy's efficiency "
+        "floor over the trailing window. This is about the project as a whole, however small "
+        "each job; a single job can have a finding of its own as well, and this one stays open "
+        "(without a new alert) while the project's window stays low"
+    ),
+}
+
+
+def _project_numbers(finding: Finding) -> str:
+    """ "12 % efficient over the last 7 days (64.0 GPU-hours)" from a project finding's detail."""
+    detail = finding.detail or {}
+    if detail.get("efficiency") is None or detail.get("window_days") is None:
+        return ""
+    return (
+        f"{detail['efficiency'] * 100:.0f} % efficient over the last {detail['window_days']} "
+        f"days ({detail.get('window_gpu_hours', 0):.1f} GPU-hours)"
+    )
 
 
 def finding_url(*, finding: Finding) -> str:
@@ -33,11 +55,18 @@ def finding_context(*, finding: Finding, user=None) -> dict:
     ]
     allocation = finding.allocation
     subject = allocation.external_id if allocation else (gpus[0]["host"] if gpus else "-")
+    explained = RULE_EXPLAINED.get(finding.rule, "")
+    if finding.is_project_level:
+        subject = "all jobs"
+        explained = PROJECT_RULE_EXPLAINED.get(finding.rule, explained)
+        numbers = _project_numbers(finding)
+        if numbers:
+            explained = f"{numbers}: {explained}"
     project = finding.project
     context = {
         "finding": finding,
         "rule": finding.get_rule_display(),
-        "explained": RULE_EXPLAINED.get(finding.rule, ""),
+        "explained": explained,
         "project": project.name if project else "(no project)",
         "team": project.team.name if project else "",
         "job": allocation.external_id if allocation else "",

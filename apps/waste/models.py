@@ -1,8 +1,9 @@
 """Waste detection: policies, findings and their state changes, and the notification outbox.
 
-A finding is one stretch of waste of one kind (a rule) on one subject (an allocation, or a GPU
-for ``silent_gpu``). Detection walks the rollups forward and keeps its place per allocation in
-``DetectionCursor``; every state change of a finding is a ``FindingEvent`` row; every message
+A finding is one stretch of waste of one kind (a rule) on one subject (an allocation, a GPU for
+``silent_gpu``, or a whole project for the project-level ``low_efficiency``). Detection walks the
+rollups forward and keeps its place per allocation in ``DetectionCursor`` (per project in
+``ProjectDetectionCursor``); every state change of a finding is a ``FindingEvent`` row; every message
 to be sent is a ``Notification`` row that exactly one worker claims.
 """
 
@@ -163,7 +164,8 @@ class Status(models.TextChoices):
 class Finding(models.Model):
     """One stretch of waste of one rule on one subject, with what it has cost so far.
 
-    ``subject`` is ``alloc:<id>`` or ``gpu:<id>``; at most one unresolved finding exists per
+    ``subject`` is ``alloc:<id>``, ``gpu:<id>`` or ``project:<id>`` (a project-level finding:
+    ``project`` set, no ``allocation``, no GPUs); at most one unresolved finding exists per
     rule and subject (a partial unique constraint, so two detectors cannot both open one).
     ``ended`` is set when the condition cleared or the allocation ended; the totals stay.
     ``detected_late`` marks findings that had already ended when detection first saw them
@@ -236,6 +238,20 @@ class Finding(models.Model):
     def is_active(self) -> bool:
         return self.status != Status.RESOLVED
 
+    @property
+    def is_project_level(self) -> bool:
+        """About a whole project (its jobs pooled), not one allocation or GPU."""
+        return self.allocation_id is None and self.subject.startswith("project:")
+
+    @property
+    def subject_label(self) -> str:
+        """What the finding is about, in a few words: the job, "whole project" or the subject."""
+        if self.allocation_id is not None:
+            return self.allocation.external_id
+        if self.is_project_level:
+            return "whole project"
+        return self.subject
+
 
 class FindingEvent(models.Model):
     """One state change of a finding (opened, acknowledged, snoozed, woke, resolved...)."""
@@ -277,6 +293,21 @@ class DetectionCursor(models.Model):
 
     def __str__(self) -> str:
         return f"allocation {self.allocation_id} at {self.next_bucket}"
+
+
+class ProjectDetectionCursor(models.Model):
+    """Where the project-level ``low_efficiency`` rule stands for one project: the next hour
+    to evaluate and its run in progress. An hour is evaluated once, when the allocation
+    cursors of the project's reporting jobs have passed it (see
+    ``services.project_low_efficiency_detect``), so running detection twice changes nothing."""
+
+    project = models.OneToOneField("tenancy.Project", on_delete=models.CASCADE, related_name="+")
+    next_hour = models.BigIntegerField(help_text="Epoch seconds of the next hour to evaluate.")
+    state = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"project {self.project_id} at {self.next_hour}"
 
 
 class Channel(models.Model):

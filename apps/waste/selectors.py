@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, fields
+from decimal import Decimal
 
-from django.db.models import QuerySet
+from django.db.models import F, FloatField, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 
+from apps.chargeback.selectors import RateLookup
+from apps.telemetry.models import AllocationGpuHourly
 from apps.tenancy.selectors import projects_visible_to, user_sees_all_teams
 from apps.waste.models import POLICY_DEFAULTS, Finding, Policy
 
@@ -99,3 +104,59 @@ def findings_visible_to(*, user) -> QuerySet[Finding]:
     if user_sees_all_teams(user=user):
         return base
     return base.filter(project__in=projects_visible_to(user=user))
+
+
+@dataclass(frozen=True)
+class HourUsage:
+    """One project's allocated GPU time in one hour, pooled over its jobs and GPUs: the
+    DESIGN.md definitions (observed = allocated with data, busy = activity x time), and the
+    unused part (observed - busy) with its cost at the rate card."""
+
+    observed_s: float
+    busy_s: float
+    unused_s: float
+    unused_cost: Decimal
+
+
+def project_hourly_usage(
+    *, project_id: int, start: int, end: int, rates: RateLookup
+) -> dict[int, HourUsage]:
+    """Per hour starting in ``[start, end)`` (epoch seconds), the project's pooled usage.
+
+    One grouped query over ``AllocationGpuHourly`` (the rollup ``efficiency_by`` reads): the
+    database sums the GPU-seconds per hour and rate key (GPU model, MIG profile, cluster), so
+    the cost needs one rate look-up per group, never a row per allocation or GPU. Each hour
+    is priced on its own UTC day, as chargeback does.
+    """
+    grouped = (
+        AllocationGpuHourly.objects.filter(
+            allocation__project_id=project_id, hour__gte=start, hour__lt=end
+        )
+        .annotate(model=Coalesce(F("gpu__mig_parent__model_name"), F("gpu__model_name")))
+        .values("hour", "model", "gpu__mig_profile", "gpu__node__cluster_id")
+        .annotate(
+            observed=Sum("observed_s"),
+            busy=Sum("busy_s"),
+            # Per row, so a rounding excess of busy over observed never offsets other rows.
+            unused=Sum(
+                Greatest(F("observed_s") - F("busy_s"), Value(0.0)), output_field=FloatField()
+            ),
+        )
+        .order_by("hour", "model", "gpu__mig_profile", "gpu__node__cluster_id")
+    )
+    sums: dict[int, list] = {}
+    for item in grouped:
+        hour = item["hour"]
+        rate = rates.gpu_rate(
+            model_name=item["model"],
+            mig_profile=item["gpu__mig_profile"],
+            cluster_id=item["gpu__node__cluster_id"],
+            day=dt.datetime.fromtimestamp(hour, tz=dt.UTC).date(),
+        )
+        acc = sums.setdefault(hour, [0.0, 0.0, 0.0, Decimal(0)])
+        unused = float(item["unused"] or 0.0)
+        acc[0] += float(item["observed"] or 0.0)
+        acc[1] += float(item["busy"] or 0.0)
+        acc[2] += unused
+        acc[3] += rate * Decimal(repr(unused)) / Decimal(3600)
+    return {hour: HourUsage(*acc) for hour, acc in sums.items()}

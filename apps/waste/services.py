@@ -16,11 +16,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from apps.chargeback.selectors import RateLookup
 from apps.fleet.models import Gpu
+from apps.telemetry.models import RollupPending
 from apps.tenancy.models import Allocation, AllocationGpu, Project
 from apps.tenancy.roles import FLEET_ADMINS_GROUP
 from apps.tenancy.selectors import user_can_act_on_project
@@ -30,6 +31,7 @@ from apps.waste.detectors import (
     AllocationWalk,
     FindingSink,
     GpuInfo,
+    ProjectWalk,
     allocation_horizon,
     bucket_of,
     data_end_by_gpu,
@@ -44,11 +46,12 @@ from apps.waste.models import (
     FindingEvent,
     Notification,
     NotificationPreference,
+    ProjectDetectionCursor,
     Rule,
     Severity,
     Status,
 )
-from apps.waste.selectors import PolicyBook
+from apps.waste.selectors import PolicyBook, project_hourly_usage
 
 log = logging.getLogger(__name__)
 CENT = Decimal("0.01")
@@ -87,6 +90,7 @@ def _event(finding: Finding, *, kind: str, old: str, at: dt.datetime, actor=None
 class DetectionSummary:
     allocations: int = 0
     buckets: int = 0
+    projects: int = 0
     opened: int = 0
     resolved: int = 0
     late: int = 0
@@ -133,14 +137,32 @@ class _DbSink(FindingSink):
         detail.update({"buckets": run["n"], "gpu_hours": run["gpu_s"] / HOUR_S})
         if run.get("efficiency") is not None:
             detail["efficiency"] = run["efficiency"]
+        detail.update(run.get("detail") or {})
         finding.detail = detail
 
     def open(self, *, rule: str, allocation: Allocation, run: dict) -> int:
+        return self._create(
+            rule=rule, subject=f"alloc:{allocation.id}", allocation=allocation,
+            project_id=allocation.project_id, run=run,
+        )  # fmt: skip
+
+    def open_project(self, *, rule: str, project: Project, run: dict) -> int:
+        # A project-level finding: no allocation and no GPUs (a project's jobs can span
+        # hundreds of GPUs); pages link to the project instead.
+        return self._create(
+            rule=rule, subject=f"project:{project.id}", allocation=None, project_id=project.id,
+            run=run,
+        )  # fmt: skip
+
+    def _create(
+        self, *, rule: str, subject: str, allocation: Allocation | None, project_id: int,
+        run: dict,
+    ) -> int:  # fmt: skip
         finding = Finding(
             rule=rule,
-            subject=f"alloc:{allocation.id}",
+            subject=subject,
             allocation=allocation,
-            project_id=allocation.project_id,
+            project_id=project_id,
             started=dt_of(run["start"]),
             detected_at=self.now,
         )
@@ -249,18 +271,141 @@ def _walk_allocation(
         cursor.state = state
         cursor.save()
         summary.allocations += 1
-        if not sink.created:
+        _created_announce(created=sink.created, now=now, summary=summary)
+
+
+def _created_announce(*, created: list[int], now: dt.datetime, summary: DetectionSummary) -> None:
+    """Queue the alerts of the findings a walk opened (inside the walk's transaction)."""
+    if not created:
+        return
+    for finding in Finding.objects.filter(pk__in=created):
+        if finding.ended is not None:
+            # It had already ended when detection first saw it (history, an outage):
+            # the digest reports it, nobody gets an e-mail about the past.
+            finding.detected_late = True
+            finding.save(update_fields=["detected_late"])
+            summary.late += 1
+        else:
+            summary.notifications += finding_opened_notify(finding=finding, now=now)
+    summary.new_findings.extend(created)
+
+
+def project_horizons(*, now: dt.datetime) -> dict[int, int]:
+    """Per project with jobs on GPUs: the end (epoch seconds, a whole hour) of the hours whose
+    data is in for every job of the project, for the project-level ``low_efficiency``.
+
+    The allocation cursors already know when an hour of a job is complete (every GPU reported
+    past it, no rollup pending: ``allocation_horizon``), so a job that still reports holds its
+    project back at its cursor's next hour, and a quiet job (no GPU seen for
+    ``FLOPWATCH_WASTE_LATE_WAIT_S``: silent, or history) only at a rollup still pending on
+    its GPUs -- the same rule that stops a silent GPU holding back its job's other GPUs.
+    Jobs fully evaluated (cursor done) hold nothing. Three grouped queries for the fleet.
+    """
+    now_ts = ts_of(now)
+    top = now_ts - now_ts % HOUR_S
+    fresh_since = now - dt.timedelta(seconds=getattr(settings, "FLOPWATCH_WASTE_LATE_WAIT_S", 3600))
+    with_gpus = Allocation.objects.filter(allocation_gpus__isnull=False)
+    horizons = dict.fromkeys(with_gpus.values_list("project_id", flat=True).distinct(), top)
+    held = (
+        DetectionCursor.objects.filter(
+            done=False, allocation__allocation_gpus__gpu__last_seen_at__gte=fresh_since
+        )
+        .values("allocation__project_id")
+        .annotate(at=Min("next_hour"))
+        .values_list("allocation__project_id", "at")
+    )
+    # Pending rollups are few (the rollup task drains them within minutes).
+    first_pending = dict(
+        RollupPending.objects.values("gpu_id")
+        .annotate(at=Min("bucket"))
+        .values_list("gpu_id", "at")
+    )
+    pending = [
+        (project_id, first_pending[gpu_id])
+        for project_id, gpu_id in AllocationGpu.objects.filter(gpu_id__in=list(first_pending))
+        .exclude(
+            allocation_id__in=DetectionCursor.objects.filter(done=True).values("allocation_id")
+        )
+        .values_list("allocation__project_id", "gpu_id")
+    ]
+    for project_id, at in [*held, *pending]:
+        if project_id in horizons:
+            horizons[project_id] = min(horizons[project_id], at - at % HOUR_S)
+    return horizons
+
+
+def project_low_efficiency_detect(
+    *, now: dt.datetime, book: PolicyBook, rates: RateLookup, summary: DetectionSummary
+) -> None:
+    """The project-level ``low_efficiency`` (see ``detectors.ProjectWalk``): each project
+    walks forward hour by hour from its cursor, once the hour is complete for all its jobs."""
+    horizons = project_horizons(now=now)
+    if not horizons:
+        return
+    have = set(
+        ProjectDetectionCursor.objects.filter(project_id__in=horizons).values_list(
+            "project_id", flat=True
+        )
+    )
+    firsts = (
+        Allocation.objects.filter(project_id__in=set(horizons) - have)
+        .values("project_id")
+        .annotate(first=Min("start"))
+        .values_list("project_id", "first")
+    )
+    ProjectDetectionCursor.objects.bulk_create(
+        [
+            ProjectDetectionCursor(project_id=pid, next_hour=ts_of(first) - ts_of(first) % HOUR_S)
+            for pid, first in firsts
+        ],
+        ignore_conflicts=True,
+    )
+    cursors = dict(
+        ProjectDetectionCursor.objects.filter(project_id__in=horizons).values_list(
+            "project_id", "next_hour"
+        )
+    )
+    due = [pid for pid, last in horizons.items() if pid in cursors and last > cursors[pid]]
+    for project in Project.objects.filter(id__in=due).order_by("id"):
+        _walk_project(
+            project=project, last=horizons[project.id], now=now, book=book, rates=rates,
+            summary=summary,
+        )  # fmt: skip
+
+
+def _walk_project(
+    *, project: Project, last: int, now: dt.datetime, book: PolicyBook, rates: RateLookup,
+    summary: DetectionSummary,
+) -> None:  # fmt: skip
+    with transaction.atomic():
+        # As for allocations: two detectors take turns on a project, the second finds the
+        # cursor moved on, so an hour is evaluated (and a finding opened) once.
+        cursor = ProjectDetectionCursor.objects.select_for_update().get(project=project)
+        if last <= cursor.next_hour:
             return
-        for finding in Finding.objects.filter(pk__in=sink.created):
-            if finding.ended is not None:
-                # It had already ended when detection first saw it (history, an outage):
-                # the digest reports it, nobody gets an e-mail about the past.
-                finding.detected_late = True
-                finding.save(update_fields=["detected_late"])
-                summary.late += 1
-            else:
-                summary.notifications += finding_opened_notify(finding=finding, now=now)
-        summary.new_findings.extend(sink.created)
+        # Project and team policies apply; cluster overrides do not (a project's jobs may
+        # run in several clusters).
+        policy = book.resolve(project_id=project.id, team_id=project.team_id)
+        sink = _DbSink(now=now, summary=summary)
+        walk = ProjectWalk(project, policy, sink)
+        state = cursor.state or {}
+        if policy.low_efficiency_enabled or state.get("runs"):
+            usage = project_hourly_usage(
+                project_id=project.id,
+                start=cursor.next_hour + HOUR_S - walk.window_s(),
+                end=last,
+                rates=rates,
+            )
+        else:
+            usage = {}  # switched off and nothing open: no need to read the rollups
+        cursor.next_hour = walk.walk_hours(
+            state=state, start=cursor.next_hour, last=last, usage=usage
+        )
+        sink.flush()
+        cursor.state = state
+        cursor.save()
+        summary.projects += 1
+        _created_announce(created=sink.created, now=now, summary=summary)
 
 
 def silent_gpus_detect(*, now: dt.datetime, book: PolicyBook, summary: DetectionSummary) -> None:
@@ -360,7 +505,7 @@ def snoozes_wake(*, now: dt.datetime) -> int:
 
 
 def waste_detect(*, now: dt.datetime | None = None, progress=None) -> DetectionSummary:
-    """Run every rule up to ``now``: the allocation rules from the rollups, silent GPUs from
+    """Run every rule up to ``now``: the allocation and project rules from the rollups, silent GPUs from
     the last-seen times; then queue reminders and the digest. Safe to run concurrently."""
     now = now or timezone.now()
     summary = DetectionSummary()
@@ -419,6 +564,8 @@ def waste_detect(*, now: dt.datetime | None = None, progress=None) -> DetectionS
             allocation=allocation, gpus=gpus, horizon=horizon, now=now, book=book, rates=rates,
             summary=summary,
         )  # fmt: skip
+    # After the allocations: their cursors tell which hours are complete for each project.
+    project_low_efficiency_detect(now=now, book=book, rates=rates, summary=summary)
     silent_gpus_detect(now=now, book=book, summary=summary)
     summary.woke = snoozes_wake(now=now)
     summary.notifications += reminders_enqueue(now=now)

@@ -93,7 +93,10 @@ def labelled_scenario() -> Scenario:
         JobSpec("slurm:1002", "a1", [("n1", 1)]),
         JobSpec("slurm:1003", "a2", [("n1", 2), ("n1", 3)]),
         JobSpec("slurm:1004", "a1", [("n4", 0), ("n4", 1)]),
-        JobSpec("slurm:1005", "b1", [("n3", 0)]),
+        # The silent node's job runs in a1, so b1 is the oversized job alone: 48 GPU-h at 10 %,
+        # under the 50 GPU-h floor of the project-level low_efficiency (a labelled negative;
+        # with this job too b1 would sit exactly on the floor).
+        JobSpec("slurm:1005", "a1", [("n3", 0)]),
         JobSpec("slurm:1006", "b1", [("n2", i) for i in range(8)]),
         JobSpec("slurm:1007", "a2", [("n5", i) for i in range(4)]),
     ]
