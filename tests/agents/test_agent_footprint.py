@@ -55,6 +55,9 @@ def test_nvml_agent_imports_no_numpy(fixtures_dir):
     assert out["rc"] == 0
     assert "agents.sources.nvml" in out["modules"]
     assert _heavy(out["modules"]) == []
+    # The pusher speaks http.client: urllib.request is ~1 MiB more (only loaded for proxies).
+    assert "agents.push" in out["modules"]
+    assert "urllib.request" not in out["modules"]
 
 
 def test_replay_agent_imports_no_numpy(tmp_path):
