@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from apps.core.tokens import token_generate, token_hash
@@ -156,7 +157,7 @@ def allocations_close_stale(*, now: datetime | None = None) -> int:
     whose GPUs never report stays for the scheduler to close). The end is the last sample
     plus one interval. Returns how many were closed; running it twice closes nothing more.
     """
-    from apps.telemetry.models import AllocationSeen
+    from apps.telemetry.models import AllocationGpuHourly, AllocationSeen
     from apps.telemetry.pending import rollup_pending_mark_range
 
     now = now or timezone.now()
@@ -182,10 +183,16 @@ def allocations_close_stale(*, now: datetime | None = None) -> int:
             end = max(datetime.fromtimestamp(end_ts, tz=UTC), allocation.start)
             Allocation.objects.filter(pk=allocation.pk).update(end=end)
             AllocationSeen.objects.filter(pk=allocation.pk).update(closed_by_grace=True)
+            # While open, the rollups counted it as held up to their last run; those rows
+            # past its end need recomputing, and nothing later (a history import's job that
+            # ended weeks ago and was never rolled up while open marks a few buckets, not weeks).
+            accounted = AllocationGpuHourly.objects.filter(
+                allocation_id=allocation.pk, hour__gte=end_ts - end_ts % 3600
+            ).aggregate(last=Max("hour"))["last"]
             rollup_pending_mark_range(
                 gpu_ids=list(allocation.allocation_gpus.values_list("gpu_id", flat=True)),
                 start_ts=end_ts,
-                end_ts=int(now.timestamp()),
+                end_ts=end_ts if accounted is None else min(int(now.timestamp()), accounted + 3600),
             )
             closed += 1
     return closed

@@ -11,8 +11,10 @@ from tests.telemetry.test_rollup_helpers import (
     NOW,
     T0,
     allocate,
+    at,
     fleet,
     hourly,
+    project,
     r5,
     samples,
 )
@@ -161,3 +163,41 @@ def test_closed_allocation_reopened_rerolls_its_span():
     assert row.busy_s == pytest.approx(600.0)
     assert AllocationGpuHourly.objects.count() == 1
     assert GpuRollup5m.objects.filter(gpu=gpu).count() == 5  # 0..1200 and the spill bucket
+
+
+def test_job_closed_by_grace_after_being_rolled_up_open_loses_the_hours_past_its_end():
+    from apps.telemetry.models import AllocationSeen
+    from apps.tenancy.services import allocations_close_stale
+
+    (gpu,) = fleet(interval=10)
+    samples(gpu, range(0, 600, 10), util_pct=100.0)
+    allocation = allocate(external_id="job-1", gpus=[gpu], start=0, end=None)
+    AllocationSeen.objects.create(allocation=allocation, last_ts=T0 + 590)
+    two_hours_later = at(2 * 3600 + 60)
+    rollups_run_pending(now=two_hours_later)
+    assert hourly(allocation, gpu, 3600).allocated_s == 3600  # open: held, no data
+
+    assert allocations_close_stale(now=two_hours_later) == 1
+    rollups_run_pending(now=two_hours_later)
+    assert hourly(allocation, gpu).allocated_s == 600  # the last sample stands for 10 s
+    assert not AllocationGpuHourly.objects.filter(allocation=allocation, hour__gt=T0).exists()
+
+
+def test_job_closed_by_grace_never_rolled_up_open_marks_only_around_its_end():
+    from apps.telemetry.models import AllocationSeen
+    from apps.tenancy.models import Allocation
+    from apps.tenancy.services import allocations_close_stale
+
+    (gpu,) = fleet(interval=10)
+    samples(gpu, range(0, 600, 10), util_pct=100.0)
+    allocation = Allocation.objects.create(
+        source="test", external_id="job-1", project=project(), start=at(0)
+    )
+    allocation.allocation_gpus.create(gpu=gpu)
+    AllocationSeen.objects.create(allocation=allocation, last_ts=T0 + 590)
+    marked = RollupPending.objects.count()
+    # A history import: the job ended weeks before anything was rolled up.
+    assert allocations_close_stale(now=at(30 * 86400)) == 1
+    assert RollupPending.objects.count() - marked <= 3
+    rollups_run_pending(now=at(30 * 86400))
+    assert hourly(allocation, gpu).allocated_s == 600
