@@ -8,6 +8,7 @@ from apps.waste.models import (
     Notification,
     NotificationPreference,
     Policy,
+    ProjectDetectionCursor,
 )
 
 
@@ -93,3 +94,9 @@ class DetectionCursorAdmin(admin.ModelAdmin):
     list_display = ("allocation", "next_bucket", "next_hour", "done", "updated_at")
     list_filter = ("done",)
     raw_id_fields = ("allocation",)
+
+
+@admin.register(ProjectDetectionCursor)
+class ProjectDetectionCursorAdmin(admin.ModelAdmin):
+    list_display = ("project", "next_hour", "updated_at")
+    raw_id_fields = ("project",)

@@ -30,7 +30,8 @@ class Command(BaseCommand):
 
         summary = waste_detect(now=now, progress=progress)
         self.stdout.write(
-            f"detect_waste: {summary.allocations} allocations, {summary.buckets} buckets; "
+            f"detect_waste: {summary.allocations} allocations, {summary.buckets} buckets, "
+            f"{summary.projects} projects; "
             f"findings opened {summary.opened} (late {summary.late}), resolved {summary.resolved}; "
             f"silent GPUs opened {summary.silent_opened}, resolved {summary.silent_resolved}; "
             f"notifications queued {summary.notifications}"
