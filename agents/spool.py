@@ -79,16 +79,24 @@ class Spool:
         self._db.executescript(_SCHEMA)
         for name in COUNTERS:
             self._db.execute("INSERT OR IGNORE INTO counters VALUES (?, 0)", (name,))
-        row = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()
-        self._bytes = int(row[0])
+        self._bytes = self._count = self._samples = 0
+        self._recount()
+
+    def _recount(self) -> None:
+        # Size, batches and samples waiting are kept in memory and only counted from the
+        # table at open and after a rollback: stats go out with every batch sent, and a full
+        # scan per send made catching up on a large spool quadratic (a 100,000-batch backlog
+        # cost 14 ms of CPU per batch sent).
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0), COUNT(*), COALESCE(SUM(samples), 0) FROM batches"
+        ).fetchone()
+        self._bytes, self._count, self._samples = (int(v) for v in row)
 
     # -- counters -------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
         """Cumulative counters (survive restarts) plus ``spooled``: samples waiting now."""
         out = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-        out["spooled"] = int(
-            self._db.execute("SELECT COALESCE(SUM(samples), 0) FROM batches").fetchone()[0]
-        )
+        out["spooled"] = self._samples
         return out
 
     def _bump(self, name: str, by: int) -> None:
@@ -113,6 +121,8 @@ class Spool:
                     break  # a single batch larger than the bound is still kept
                 self._db.execute("DELETE FROM batches WHERE id = ?", (row[0],))
                 self._bytes -= row[2]
+                self._count -= 1
+                self._samples -= row[1]
                 dropped += row[1]
             self._db.execute(
                 "INSERT INTO batches (batch_id, created, samples, size, body) VALUES (?,?,?,?,?)",
@@ -124,11 +134,11 @@ class Spool:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
-            self._bytes = int(
-                self._db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
-            )
+            self._recount()
             raise
         self._bytes += len(body)
+        self._count += 1
+        self._samples += samples
         if dropped:
             log.warning("spool full (%d bytes): dropped %d oldest samples", self.max_bytes, dropped)
         return dropped
@@ -179,26 +189,33 @@ class Spool:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._recount()
             raise
 
     def _delete(self, batch: SpooledBatch, *, counter: str, in_tx: bool = False) -> None:
         if not in_tx:
             self._db.execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute("SELECT size FROM batches WHERE id = ?", (batch.id,)).fetchone()
+            row = self._db.execute(
+                "SELECT size, samples FROM batches WHERE id = ?", (batch.id,)
+            ).fetchone()
             if row is not None:
                 self._db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
                 self._bump(counter, batch.samples)
-                self._bytes -= row[0]
             if not in_tx:
                 self._db.execute("COMMIT")
         except BaseException:
             if not in_tx:
                 self._db.execute("ROLLBACK")
+                self._recount()
             raise
+        if row is not None:
+            self._bytes -= row[0]
+            self._count -= 1
+            self._samples -= row[1]
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
+        return self._count
 
     def rejected(self) -> list[dict[str, Any]]:
         """Batches the server refused (for inspection)."""

@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from agents.agent import Agent
 from agents.push import Backoff, Pusher, parse_retry_after
 from agents.sources import GpuInfo, Reading
@@ -266,3 +268,40 @@ def test_spool_falls_back_to_state_dir(tmp_path, monkeypatch):
     cfg = load_config(argv=["--dry-run", "--spool", str(blocker / "spool.sqlite")], environ={})
     sp = open_spool(cfg)
     assert sp.path == str(tmp_path / "state" / "flopwatch-agent" / "spool.sqlite")
+
+
+def test_spool_counts_kept_in_memory_match_the_table(tmp_path):
+    def payload(k: int) -> dict:
+        return {
+            "batch_id": f"b{k}",
+            "series": [{"gpu": "GPU-0", "ts": list(range(k % 3 + 1)), "util_pct": [1.0] * 3}],
+        }
+
+    def table(sp: Spool) -> tuple[int, int, int]:
+        row = sp._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(samples), 0), COALESCE(SUM(size), 0) FROM batches"
+        ).fetchone()
+        return tuple(row)
+
+    def memory(sp: Spool) -> tuple[int, int, int]:
+        return len(sp), sp.counters()["spooled"], sp.size_bytes
+
+    path = tmp_path / "s.sqlite"
+    sp = Spool(path=path)
+    for k in range(6):
+        sp.put(payload(k), now=k)
+    sp.ack(sp.peek()[0])
+    sp.reject(sp.peek()[0], status=400, reason="bad")
+    assert memory(sp) == table(sp) == (4, 9, sp.size_bytes)
+    # Full: dropping oldest to make room, then a failure mid-transaction rolls it all back.
+    sp.max_bytes = sp.size_bytes
+    with pytest.raises(KeyError):
+        sp.put({"series": []}, now=9)
+    assert memory(sp) == table(sp)
+    assert len(sp) == 4
+    sp.put(payload(7), now=10)
+    assert memory(sp) == table(sp)
+    sp.close()
+    reopened = Spool(path=path)
+    assert memory(reopened) == table(reopened)
+    reopened.close()
