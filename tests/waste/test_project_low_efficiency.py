@@ -284,3 +284,32 @@ def test_pages_and_api_show_a_project_finding(fleet, personas, client):
 
     token = action_token_make(finding_id=finding.pk, user_id=personas.owner.pk, action="snooze")
     assert client.get(f"/findings/act/{token}/").status_code == 200
+
+
+@pytest.mark.parametrize(("window_days", "status"), [(1, "resolved"), (7, "open")])
+def test_window_slides_past_the_waste_and_the_finding_resolves(personas, window_days, status):
+    """The jobs end at 6h. With a one-day window the low hours slide out: from the hour ending
+    at 26h the window holds 48 GPU-hours (< 50) and the finding ends where it last grew; with
+    seven days it is still low (and stays open, without growing)."""
+    from apps.tenancy.models import Allocation
+    from apps.waste.models import Policy
+    from apps.waste.services import waste_detect
+
+    Policy.objects.create(
+        scope="project", project=personas.project_a1, low_efficiency_window_days=window_days
+    )
+    built = fleet_build(_scenario(), personas)
+    Allocation.objects.update(end=h(6))
+    rollups_build(built, end_h=DATA_END_H)
+    last_seen_set(built, now=h(24) + FIVE_MIN)
+    waste_detect(now=h(24) + FIVE_MIN)
+    [finding] = _project_findings()
+    assert finding.status == "open"  # a day later the one-day window still has 60 GPU-h
+    now = h(30) + FIVE_MIN
+    last_seen_set(built, now=now)
+    waste_detect(now=now)
+    finding.refresh_from_db()
+    assert finding.status == status
+    assert finding.last_seen == h(6)
+    assert finding.ended == (h(6) if status == "resolved" else None)
+    assert finding.wasted_gpu_hours == pytest.approx(0.8 * 60 + 0.8 * GPUS)
