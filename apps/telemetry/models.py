@@ -147,7 +147,9 @@ class AllocationGpuHourly(models.Model):
 
 
 class UsageDaily(models.Model):
-    """GPU-seconds of one project on one GPU model in one cluster over one UTC day.
+    """GPU-seconds of one project on one GPU model (and MIG profile) in one cluster over one
+    UTC day: the sums of that day's ``AllocationGpuHourly`` rows, so whole days of a range
+    can be read here instead of hour by hour (``apps.telemetry.selectors.efficiency_by``).
 
     Team totals are sums over the team's projects (a project belongs to one team); the
     ``team`` column is stored so team pages need no join.
@@ -157,7 +159,14 @@ class UsageDaily(models.Model):
     team = models.ForeignKey("tenancy.Team", on_delete=models.CASCADE, related_name="+")
     project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
     cluster = models.ForeignKey("fleet.Cluster", on_delete=models.CASCADE, related_name="+")
-    gpu_model = models.CharField(max_length=200)
+    gpu_model = models.CharField(max_length=200, help_text="A MIG instance's parent model.")
+    mig_profile = models.CharField(
+        max_length=50,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="MIG instances apart (priced at their fraction of the parent); '' = whole GPUs.",
+    )
     allocated_s = models.FloatField()
     observed_s = models.FloatField()
     busy_s = models.FloatField()
@@ -168,7 +177,8 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage rollup"
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "project", "cluster", "gpu_model"], name="usagedaily_unique"
+                fields=["day", "project", "cluster", "gpu_model", "mig_profile"],
+                name="usagedaily_unique_mig",
             )
         ]
         indexes = [

@@ -567,7 +567,8 @@ def _days_touched(cursor) -> set[int]:
 
 def _usage_daily_recompute(*, days: set[int]) -> int:
     """Replace ``UsageDaily`` for whole UTC days from the hourly rows (days x projects x
-    models: a handful of rows, so Python only assembles them)."""
+    models: a handful of rows, so Python only assembles them). MIG profiles stay apart: the
+    efficiency selector prices whole days from these rows, an instance at its fraction."""
     from django.db.models import F, Sum
     from django.db.models.functions import Coalesce
 
@@ -586,6 +587,7 @@ def _usage_daily_recompute(*, days: set[int]) -> int:
                 "allocation__project__team_id",
                 "gpu__node__cluster_id",
                 "model",
+                "gpu__mig_profile",
             )
             .annotate(
                 allocated=Sum("allocated_s"),
@@ -604,6 +606,7 @@ def _usage_daily_recompute(*, days: set[int]) -> int:
                     project_id=g["allocation__project_id"],
                     cluster_id=g["gpu__node__cluster_id"],
                     gpu_model=g["model"],
+                    mig_profile=g["gpu__mig_profile"] or "",
                     allocated_s=g["allocated"] or 0.0,
                     observed_s=g["observed"] or 0.0,
                     busy_s=g["busy"] or 0.0,

@@ -1,9 +1,11 @@
 """Reads of the rollups: pooled efficiency and cost by team, project, allocation or GPU.
 
-``efficiency_by`` answers from ``AllocationGpuHourly`` (one row per allocation x GPU x hour),
-so any range costs the same whatever its length. Hours are whole: an hour belongs to the
-range when it *starts* inside ``[start, end)`` (the same rule as chargeback statements), so a
-range from 10:30 to 12:30 counts the hours 11:00 and 12:00 in full and nothing of 10:00.
+``efficiency_by`` answers from ``AllocationGpuHourly`` (one row per allocation x GPU x hour)
+and, by team or project, from ``UsageDaily`` for the whole UTC days of the range (the sums of
+those same hourly rows, kept by the rollup in the same transaction). Hours are whole: an hour
+belongs to the range when it *starts* inside ``[start, end)`` (the same rule as chargeback
+statements), so a range from 10:30 to 12:30 counts the hours 11:00 and 12:00 in full and
+nothing of 10:00.
 Cost is allocated GPU-hours x the GPU's rate on the UTC day of each hour (MIG instances at
 their fraction of the parent's price); sums stay ``Decimal`` and are rounded to cents once.
 """
@@ -16,20 +18,25 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
-from apps.telemetry.models import AllocationGpuHourly
+from apps.telemetry.models import AllocationGpuHourly, UsageDaily
 from apps.tenancy.models import Project
 
 GROUPS = ("team", "project", "allocation", "gpu")
 CENT = Decimal("0.01")
+HOUR_S = 3600
+DAY_S = 86400
+_EPOCH_DAY = dt.date(1970, 1, 1)
 _KEY_FIELDS = {
     "team": "allocation__project__team__slug",
     "project": "allocation__project__slug",
     "allocation": "allocation_id",
     "gpu": "gpu__uuid",
 }
+# Groups that whole days can be read for from UsageDaily (it has no allocation or GPU).
+_DAILY_KEY_FIELDS = {"team": "project__team__slug", "project": "project__slug"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,119 @@ def _dec(value: float | None) -> Decimal:
     return Decimal(repr(float(value or 0.0)))
 
 
+def _ceil(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+# One group's sums before pricing: (key, day number, model, MIG profile, cluster id) and the
+# five second counts. Pricing needs the day, model, profile and cluster of every sum.
+_Group = tuple[Any, int, str, str, int, float, float, float, float, float]
+
+
+def _hourly_groups(
+    *,
+    group: str,
+    spans: list[tuple[int, int]],
+    projects: QuerySet[Project] | None,
+    cluster: str | None,
+    gpu_model: str | None,
+) -> list[_Group]:
+    """Sums of the ``AllocationGpuHourly`` rows whose hour starts in one of ``spans``."""
+    if not spans:
+        return []
+    in_spans = Q()
+    for lo, hi in spans:
+        in_spans |= Q(hour__gte=lo, hour__lt=hi)
+    rows = AllocationGpuHourly.objects.filter(in_spans)
+    if projects is not None:
+        rows = rows.filter(allocation__project__in=projects)
+    if cluster:
+        rows = rows.filter(gpu__node__cluster__slug=cluster)
+    rows = rows.annotate(model=Coalesce(F("gpu__mig_parent__model_name"), F("gpu__model_name")))
+    if gpu_model:
+        rows = rows.filter(model=gpu_model)
+    key_field = _KEY_FIELDS[group]
+    grouped = (
+        rows.annotate(day=F("hour") / DAY_S)
+        .values(key_field, "day", "model", "gpu__mig_profile", "gpu__node__cluster_id")
+        .annotate(
+            allocated=Sum("allocated_s"),
+            observed=Sum("observed_s"),
+            busy=Sum("busy_s"),
+            idle=Sum("idle_s"),
+            held=Sum("mem_held_idle_s"),
+        )
+        .order_by()
+    )
+    return [
+        (
+            item[key_field],
+            int(item["day"]),
+            item["model"],
+            item["gpu__mig_profile"],
+            item["gpu__node__cluster_id"],
+            item["allocated"] or 0.0,
+            item["observed"] or 0.0,
+            item["busy"] or 0.0,
+            item["idle"] or 0.0,
+            item["held"] or 0.0,
+        )
+        for item in grouped
+    ]
+
+
+def _daily_groups(
+    *,
+    group: str,
+    first_day: int,
+    end_day: int,
+    projects: QuerySet[Project] | None,
+    cluster: str | None,
+    gpu_model: str | None,
+) -> list[_Group]:
+    """The same sums for the whole UTC days ``[first_day, end_day)`` (day numbers), read from
+    ``UsageDaily``: one row per day x project x cluster x model x MIG profile, each the sum of
+    exactly the hourly rows ``_hourly_groups`` would have grouped together."""
+    rows = UsageDaily.objects.filter(
+        day__gte=_EPOCH_DAY + dt.timedelta(days=first_day),
+        day__lt=_EPOCH_DAY + dt.timedelta(days=end_day),
+    )
+    if projects is not None:
+        rows = rows.filter(project__in=projects)
+    if cluster:
+        rows = rows.filter(cluster__slug=cluster)
+    if gpu_model:
+        rows = rows.filter(gpu_model=gpu_model)
+    # The project's team now, not the stored ``team`` column, as the hourly path does.
+    key_field = _DAILY_KEY_FIELDS[group]
+    grouped = (
+        rows.values(key_field, "day", "gpu_model", "mig_profile", "cluster_id")
+        .annotate(
+            allocated=Sum("allocated_s"),
+            observed=Sum("observed_s"),
+            busy=Sum("busy_s"),
+            idle=Sum("idle_s"),
+            held=Sum("mem_held_idle_s"),
+        )
+        .order_by()
+    )
+    return [
+        (
+            item[key_field],
+            (item["day"] - _EPOCH_DAY).days,
+            item["gpu_model"],
+            item["mig_profile"],
+            item["cluster_id"],
+            item["allocated"] or 0.0,
+            item["observed"] or 0.0,
+            item["busy"] or 0.0,
+            item["idle"] or 0.0,
+            item["held"] or 0.0,
+        )
+        for item in grouped
+    ]
+
+
 def efficiency_by(
     *,
     group: str,
@@ -66,53 +186,45 @@ def efficiency_by(
     """Pooled efficiency (busy / observed allocated GPU-seconds) and cost per group over the
     hours starting in ``[start, end)``; ``projects`` limits to what a user may see (None =
     everything), ``cluster`` is a cluster slug, ``gpu_model`` a model name (a MIG instance
-    counts as its parent's model). Rows sorted by key."""
+    counts as its parent's model). Rows sorted by key.
+
+    By team or project, the whole UTC days of the range come from ``UsageDaily`` and only the
+    partial days at its ends from the hourly rows: a 30-day range then reads ~30 rows per
+    project instead of ~720 per allocated GPU. Each (group, day, model, profile, cluster) sum
+    comes whole from one table, so prices apply to the same sums either way."""
     from apps.chargeback.selectors import RateLookup
 
     if group not in GROUPS:
         raise ValueError(f"group: expected one of {', '.join(GROUPS)}, got {group!r}")
     if start >= end:
         raise ValueError("start must be before end")
-    lo = int(start.timestamp())
-    hi = int(end.timestamp())
-    rows = AllocationGpuHourly.objects.filter(hour__gte=lo, hour__lt=hi)
-    if projects is not None:
-        rows = rows.filter(allocation__project__in=projects)
-    if cluster:
-        rows = rows.filter(gpu__node__cluster__slug=cluster)
-    rows = rows.annotate(model=Coalesce(F("gpu__mig_parent__model_name"), F("gpu__model_name")))
-    if gpu_model:
-        rows = rows.filter(model=gpu_model)
-    key_field = _KEY_FIELDS[group]
-    grouped = (
-        rows.annotate(day=F("hour") / 86400)
-        .values(key_field, "day", "model", "gpu__mig_profile", "gpu__node__cluster_id")
-        .annotate(
-            allocated=Sum("allocated_s"),
-            observed=Sum("observed_s"),
-            busy=Sum("busy_s"),
-            idle=Sum("idle_s"),
-            held=Sum("mem_held_idle_s"),
-        )
-        .order_by()
-    )
+    # Hour starts inside [start, end) are exactly the multiples of an hour in [lo, hi).
+    lo = _ceil(int(start.timestamp()), HOUR_S)
+    hi = _ceil(int(end.timestamp()), HOUR_S)
+    filters = {"group": group, "projects": projects, "cluster": cluster, "gpu_model": gpu_model}
+    items: list[_Group] = []
+    first_day, end_day = _ceil(lo, DAY_S) // DAY_S, hi // DAY_S
+    if group in _DAILY_KEY_FIELDS and first_day < end_day:
+        items += _daily_groups(first_day=first_day, end_day=end_day, **filters)
+        edges = [(lo, first_day * DAY_S), (end_day * DAY_S, hi)]
+        items += _hourly_groups(spans=[(a, b) for a, b in edges if a < b], **filters)
+    elif lo < hi:
+        items += _hourly_groups(spans=[(lo, hi)], **filters)
     rates = RateLookup.load()
     seconds: dict[Any, list[float]] = defaultdict(lambda: [0.0] * 5)
     money: dict[Any, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-    for item in grouped:
-        key = item[key_field]
-        day = dt.date(1970, 1, 1) + dt.timedelta(days=int(item["day"]))
+    for key, day_number, model, mig_profile, cluster_id, *sums in items:
         rate = rates.gpu_rate(
-            model_name=item["model"],
-            mig_profile=item["gpu__mig_profile"],
-            cluster_id=item["gpu__node__cluster_id"],
-            day=day,
+            model_name=model,
+            mig_profile=mig_profile,
+            cluster_id=cluster_id,
+            day=_EPOCH_DAY + dt.timedelta(days=day_number),
         )
         acc = seconds[key]
-        for i, name in enumerate(("allocated", "observed", "busy", "idle", "held")):
-            acc[i] += item[name] or 0.0
-        money[key][0] += _dec(item["allocated"]) * rate / 3600
-        money[key][1] += _dec(item["idle"]) * rate / 3600
+        for i, value in enumerate(sums):
+            acc[i] += value
+        money[key][0] += _dec(sums[0]) * rate / 3600
+        money[key][1] += _dec(sums[3]) * rate / 3600
     out = []
     for key in sorted(seconds, key=lambda k: (str(type(k)), k)):
         allocated, observed, busy, idle, held = seconds[key]
