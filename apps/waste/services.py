@@ -305,7 +305,9 @@ def project_horizons(*, now: dt.datetime) -> dict[int, int]:
     top = now_ts - now_ts % HOUR_S
     fresh_since = now - dt.timedelta(seconds=getattr(settings, "FLOPWATCH_WASTE_LATE_WAIT_S", 3600))
     with_gpus = Allocation.objects.filter(allocation_gpus__isnull=False)
-    horizons = dict.fromkeys(with_gpus.values_list("project_id", flat=True).distinct(), top)
+    horizons = dict.fromkeys(
+        with_gpus.order_by().values_list("project_id", flat=True).distinct(), top
+    )
     held = (
         DetectionCursor.objects.filter(
             done=False, allocation__allocation_gpus__gpu__last_seen_at__gte=fresh_since

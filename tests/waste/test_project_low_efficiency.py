@@ -313,3 +313,41 @@ def test_window_slides_past_the_waste_and_the_finding_resolves(personas, window_
     assert finding.last_seen == h(6)
     assert finding.ended == (h(6) if status == "resolved" else None)
     assert finding.wasted_gpu_hours == pytest.approx(0.8 * 60 + 0.8 * GPUS)
+
+
+def test_two_detectors_at_once_open_one_project_finding(transactional_db, personas):
+    """Two workers, each with its own connection, walk the same project at the same moment:
+    the project cursor is locked, so the finding is opened and announced once."""
+    import threading
+
+    from django.db import connection
+
+    from apps.waste.models import Channel, Notification
+    from apps.waste.services import waste_detect
+    from tests.conftest import database_is_postgres, require
+
+    require(database_is_postgres(), "concurrent workers need PostgreSQL (set DATABASE_URL)")
+    Channel.objects.create(team=personas.team_a, url="http://127.0.0.1:9/hooks/team-a")
+    built = fleet_build(_scenario(), personas)
+    rollups_build(built)
+    last_seen_set(built, now=LAST)
+    barrier, errors = threading.Barrier(2), []
+
+    def worker():
+        try:
+            barrier.wait(timeout=30)
+            waste_detect(now=LAST)
+        except Exception as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    [finding] = _project_findings()
+    assert finding.started == h(5)
+    assert Notification.objects.filter(finding=finding, kind="opened").count() == 2
