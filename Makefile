@@ -26,9 +26,10 @@ migrate: $(STAMP)
 demo: migrate
 	$(PY) manage.py seed_demo
 	@echo
-	@echo "  flopwatch is starting at http://127.0.0.1:8000/  (Ctrl-C stops everything)"
+	@echo "  flopwatch is starting at http://127.0.0.1:8000/  (log in with a user above; Ctrl-C stops everything)"
+	@echo "  e-mail alerts are written to var/mail/ instead of being sent"
 	@echo
-	$(VENV)/bin/honcho start -f .demo.Procfile
+	@EMAIL_URL="filemail:///$(CURDIR)/var/mail" $(VENV)/bin/honcho start -f .demo.Procfile
 
 test: $(STAMP)
 	$(PY) -m pytest

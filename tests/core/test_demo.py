@@ -40,6 +40,8 @@ def test_seed_demo_gives_a_day_of_history_rolled_up_with_findings(tmp_path, clie
     assert AllocationGpuHourly.objects.exists()
     assert not RollupPending.objects.exists()
     assert Finding.objects.exists(), "the simulator's idle jobs should be found"
+    # History reaches up to now: nothing looks silent to the live agents taking over.
+    assert not Finding.objects.filter(rule="silent_gpu", status="open").exists()
     tokens = json.loads((tmp_path / "tokens.json").read_text())
     assert set(tokens) == set(Node.objects.values_list("hostname", flat=True))
     assert "History:" in out

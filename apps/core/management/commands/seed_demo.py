@@ -54,6 +54,11 @@ class Command(BaseCommand):
             started = time.monotonic()
             for line in demo_pipeline_run(progress=progress).values():
                 self.stdout.write(f"  {line}")
+            # That took a while: bring the history up to now again (a few minutes of
+            # samples), so the live agents carry on without a gap that would look like
+            # silent GPUs.
+            demo_history_seed(days=days, progress=False)
+            demo_pipeline_run(progress=False)
             self.stdout.write(f"Pipeline caught up in {time.monotonic() - started:.0f} s.")
         issued = demo_node_tokens_issue(path=options["tokens"])
         self.stdout.write(f"Issued {issued} node tokens for the simulated agents.")
