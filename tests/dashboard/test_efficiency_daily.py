@@ -43,8 +43,11 @@ def _activity(gpu_id: int):
 
 
 @pytest.fixture
-def world(personas):
+def world(personas, settings):
     from apps.chargeback.services import rate_set
+
+    # The data is from 2025: keep its hourly rows "within retention" whatever today's date.
+    settings.FLOPWATCH_HOURLY_RETENTION_DAYS = 100 * 365
 
     # The H100 price changes on day 2 (a day read from UsageDaily is priced on its own date);
     # the west cluster has its own A100 price.
@@ -175,19 +178,21 @@ def _assert_same(rows, expected) -> None:
             assert row.efficiency == pytest.approx(hours[2] / hours[1], rel=1e-12)
 
 
+# name: (start, end, whether UsageDaily answers some of it for teams and projects)
 RANGES = {
-    # partial edge days at both ends around two whole days
-    "edges": (5 * HOUR + 30 * 60, 3 * DAY + 4 * HOUR + 45 * 60),
+    # partial edge days at both ends around two whole days; nothing is held before 05:30 on
+    # day 0, so that day's part is read from UsageDaily too, while day 3's is hour by hour
+    "edges": (5 * HOUR + 30 * 60, 3 * DAY + 4 * HOUR + 45 * 60, True),
     # exactly whole days
-    "whole": (DAY, 3 * DAY),
-    # the last 24 hours up to now: two partial days, no whole one
-    "24h": (NOW_OFFSET - DAY, NOW_OFFSET),
+    "whole": (DAY, 3 * DAY, True),
+    # the last 24 hours up to now: two partial days, the last one (nothing after now) daily
+    "24h": (NOW_OFFSET - DAY, NOW_OFFSET, True),
     # one whole day and a partial one after it, ending inside an hour
-    "day+": (DAY, 2 * DAY + 7 * HOUR + 59),
-    # a few hours across a midnight
-    "midnight": (22 * HOUR + 10 * 60, DAY + 3 * HOUR),
+    "day+": (DAY, 2 * DAY + 7 * HOUR + 59, True),
+    # a few hours across a midnight: two partial days, both hour by hour
+    "midnight": (22 * HOUR + 10 * 60, DAY + 3 * HOUR, False),
     # the whole history and beyond now
-    "all": (-DAY, 5 * DAY),
+    "all": (-DAY, 5 * DAY, True),
 }
 
 
@@ -219,9 +224,8 @@ def test_rollup_keeps_usage_daily_equal_to_the_hourly_sums_with_mig_apart(world)
     assert len({k[0] for k in daily}) == 4  # days 0-3
 
 
-def test_efficiency_by_equals_the_hour_by_hour_computation(world):
-    _ = world
-    for name, (lo, hi) in RANGES.items():
+def _check_ranges() -> None:
+    for name, (lo, hi, daily) in RANGES.items():
         for group in ("team", "project", "allocation", "gpu"):
             start, end = at(lo), at(hi)
             with CaptureQueriesContext(connection) as queries:
@@ -229,11 +233,31 @@ def test_efficiency_by_equals_the_hour_by_hour_computation(world):
             assert rows, (name, group)
             _assert_same(rows, _hour_by_hour(group=group, start=start, end=end))
             sql = " ".join(q["sql"] for q in queries.captured_queries)
-            # Whole days come from UsageDaily for teams and projects, never for jobs or GPUs.
-            whole_days = name not in ("24h", "midnight")
-            assert (UsageDaily._meta.db_table in sql) == (
-                group in ("team", "project") and whole_days
-            ), (name, group)
+            # UsageDaily answers for teams and projects, never for jobs or GPUs.
+            assert (UsageDaily._meta.db_table in sql) == (group in ("team", "project") and daily), (
+                name,
+                group,
+            )
+
+
+def test_efficiency_by_equals_the_hour_by_hour_computation(world):
+    _ = world
+    _check_ranges()
+
+
+def test_partial_days_older_than_hourly_retention_are_read_hour_by_hour(world, settings):
+    _ = world
+    # Pruning may have emptied such a day's early hours while its daily rows keep them, so
+    # an empty outside part proves nothing there: only whole days come from UsageDaily.
+    settings.FLOPWATCH_HOURLY_RETENTION_DAYS = 1
+    with CaptureQueriesContext(connection) as queries:
+        lo, hi, _daily = RANGES["24h"]
+        rows = efficiency_by(group="project", start=at(lo), end=at(hi))
+    assert UsageDaily._meta.db_table not in " ".join(q["sql"] for q in queries.captured_queries)
+    _assert_same(rows, _hour_by_hour(group="project", start=at(lo), end=at(hi)))
+    lo, hi, _daily = RANGES["edges"]
+    rows = efficiency_by(group="team", start=at(lo), end=at(hi))
+    _assert_same(rows, _hour_by_hour(group="team", start=at(lo), end=at(hi)))
 
 
 FILTERS = [
@@ -248,7 +272,7 @@ FILTERS = [
 
 def test_filters_give_the_same_answer_both_ways(world):
     _ = world
-    lo, hi = RANGES["edges"]
+    lo, hi, _daily = RANGES["edges"]
     for raw in FILTERS:
         filters = dict(raw)
         if "projects" in filters:
@@ -269,3 +293,26 @@ def test_an_open_allocation_counts_up_to_now_on_the_partial_last_day(world):
     # job-b from 00:00 day 1 to 05:20 day 3, plus job-e from 04:00 day 2 to 02:00:01 day 3
     # (b1's second job, on another GPU).
     assert b1.allocated_gpu_hours * 3600 == (2 * DAY + 5 * HOUR + 20 * 60) + (22 * HOUR + 1)
+
+
+def test_visibility_querysets_of_any_shape(world):
+    personas = world
+    lo, hi, _daily = RANGES["edges"]
+    # What projects_visible_to returns for a member: DISTINCT over a join, ordered.
+    visible = (
+        Project.objects.filter(team__memberships__user=personas.member).distinct().order_by("-name")
+    )
+    for group in ("team", "project", "allocation"):
+        rows = efficiency_by(group=group, start=at(lo), end=at(hi), projects=visible)
+        assert rows
+        expected = _hour_by_hour(
+            group=group,
+            start=at(lo),
+            end=at(hi),
+            projects=list(Project.objects.filter(team__slug="team-a")),
+        )
+        _assert_same(rows, expected)
+        assert (
+            efficiency_by(group=group, start=at(lo), end=at(hi), projects=Project.objects.none())
+            == []
+        )
