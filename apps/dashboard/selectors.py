@@ -134,13 +134,15 @@ class GpuNow:
     reporting: int
 
 
-def _latest_rollups(*, gpu_ids: Iterable[int] | None, now: dt.datetime) -> dict[int, dict]:
+def _latest_rollups(
+    *, gpu_ids: Iterable[int] | QuerySet | None, now: dt.datetime
+) -> dict[int, dict]:
     """The newest 5-minute rollup of each GPU within the last ``RECENT_S`` seconds, as dicts
     (plain values, not model instances: the fleet table reads one per GPU every few seconds)."""
     since = int(now.timestamp()) - RECENT_S
     rows = GpuRollup5m.objects.filter(bucket__gte=since).order_by("gpu_id", "bucket")
     if gpu_ids is not None:
-        rows = rows.filter(gpu_id__in=list(gpu_ids))
+        rows = rows.filter(gpu_id__in=gpu_ids if isinstance(gpu_ids, QuerySet) else list(gpu_ids))
     latest: dict[int, dict] = {}
     for row in rows.values(
         "gpu_id", "bucket", "covered_s", "busy_s", "mem_used_mean_mib", "power_mean_w"
@@ -160,15 +162,19 @@ def gpus_now(
 ) -> GpuNow:
     now = now or timezone.now()
     gpus = _gpus_filtered(gpus, filters)
-    gpu_ids = list(gpus.values_list("id", flat=True))
-    held = set(
-        AllocationGpu.objects.filter(gpu_id__in=gpu_ids, allocation__start__lte=now)
-        .filter(Q(allocation__end__isnull=True) | Q(allocation__end__gt=now))
-        .values_list("gpu_id", flat=True)
+    # Subqueries, not lists of a thousand ids: the allocations held now come first (through
+    # the end index), then their GPUs, instead of probing every allocation link.
+    held_now = Allocation.objects.filter(start__lte=now).filter(
+        Q(end__isnull=True) | Q(end__gt=now)
     )
-    latest = _latest_rollups(gpu_ids=gpu_ids, now=now)
+    held = set(
+        AllocationGpu.objects.filter(allocation__in=held_now, gpu__in=gpus).values_list(
+            "gpu_id", flat=True
+        )
+    )
+    latest = _latest_rollups(gpu_ids=gpus.values("id"), now=now)
     busy = sum(1 for row in latest.values() if (activity_of(row) or 0) >= BUSY_THRESHOLD)
-    return GpuNow(total=len(gpu_ids), allocated=len(held), busy=busy, reporting=len(latest))
+    return GpuNow(total=gpus.count(), allocated=len(held), busy=busy, reporting=len(latest))
 
 
 # --- Charts over time --------------------------------------------------------------------------
