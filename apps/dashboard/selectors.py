@@ -17,6 +17,7 @@ from typing import Any
 from django.db.models import Avg, Count, F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
+from apps.chargeback.selectors import RateLookup
 from apps.dashboard.filters import DashboardFilters
 from apps.fleet.models import Cluster, Gpu, Node
 from apps.telemetry.models import AllocationGpuHourly, CapacityDaily, GpuRollup5m, UsageDaily
@@ -43,6 +44,7 @@ def efficiency_rows(
     projects: QuerySet[Project] | None,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
+    rates: RateLookup | None = None,
 ) -> list:
     return efficiency_by(
         group=group,
@@ -51,6 +53,7 @@ def efficiency_rows(
         projects=projects,
         cluster=filters.cluster,
         gpu_model=filters.gpu_model,
+        rates=rates,
     )
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
 
+from apps.chargeback.selectors import RateLookup
 from apps.dashboard import charts
 from apps.dashboard import selectors as sel
 from apps.dashboard.filters import RANGE_LABELS, FilterError, filters_parse
@@ -76,7 +77,8 @@ def home(request, filters):
     projects = projects_visible_to(user=user).select_related("team")
     # The page's range feeds the team table; a KPI window equal to it reuses its rows
     # (efficiency_by is the expensive part of this page).
-    range_rows = sel.efficiency_rows(group="team", filters=filters, projects=scope)
+    rates = RateLookup.load()  # once for the five ranges below
+    range_rows = sel.efficiency_rows(group="team", filters=filters, projects=scope, rates=rates)
     efficiency = {}
     for key in ("24h", "7d", "30d"):
         if key == filters.range_key:
@@ -85,13 +87,18 @@ def home(request, filters):
         windowed = filters_parse(query={"range": key}, now=now)
         efficiency[key] = sel.totals_of(
             sel.efficiency_rows(
-                group="team", filters=filters, projects=scope, start=windowed.start, end=now
+                group="team",
+                filters=filters,
+                projects=scope,
+                start=windowed.start,
+                end=now,
+                rates=rates,
             )
         )
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month = sel.totals_of(
         sel.efficiency_rows(
-            group="team", filters=filters, projects=scope, start=month_start, end=now
+            group="team", filters=filters, projects=scope, start=month_start, end=now, rates=rates
         )
     )
     whole_fleet = user_sees_all_teams(user=user)

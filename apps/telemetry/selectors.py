@@ -245,11 +245,13 @@ def efficiency_by(
     projects: QuerySet[Project] | None = None,
     cluster: str | None = None,
     gpu_model: str | None = None,
+    rates: RateLookup | None = None,
 ) -> list[EfficiencyRow]:
     """Pooled efficiency (busy / observed allocated GPU-seconds) and cost per group over the
     hours starting in ``[start, end)``; ``projects`` limits to what a user may see (None =
     everything), ``cluster`` is a cluster slug, ``gpu_model`` a model name (a MIG instance
-    counts as its parent's model). Rows sorted by key.
+    counts as its parent's model). Rows sorted by key. ``rates``: a rate card already loaded
+    (a page asking for several ranges loads it once).
 
     By team or project, the whole UTC days of the range come from ``UsageDaily`` and only the
     partial days at its ends from the hourly rows (see ``_days_and_hours``): a 30-day range
@@ -265,7 +267,7 @@ def efficiency_by(
     lo = _ceil(int(start.timestamp()), HOUR_S)
     hi = _ceil(int(end.timestamp()), HOUR_S)
     filters = {"group": group, "projects": projects, "cluster": cluster, "gpu_model": gpu_model}
-    rates = RateLookup.load()
+    rates = rates or RateLookup.load()
     items: list[_Group] = []
     if group in _DAILY_KEY_FIELDS:
         days, spans = _days_and_hours(lo=lo, hi=hi)
