@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -149,3 +150,61 @@ def test_429_honours_retry_after_and_network_errors_retry(recorder):
     assert res.outcome == "retry"
     assert res.detail.startswith("network: ")
     assert 0.5 <= res.delay_s <= 60
+
+
+@pytest.fixture
+def connect_proxy():
+    """A CONNECT-only proxy that relays bytes and records the CONNECT lines and headers."""
+    seen: list[tuple[str, str | None]] = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_CONNECT(self) -> None:
+            seen.append((self.path, self.headers.get("Proxy-Authorization")))
+            host, port = self.path.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)), timeout=5)
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            pipes = [
+                threading.Thread(target=_relay, args=(self.connection, upstream), daemon=True),
+                threading.Thread(target=_relay, args=(upstream, self.connection), daemon=True),
+            ]
+            for t in pipes:
+                t.start()
+            for t in pipes:
+                t.join(10)
+            upstream.close()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1], seen
+    srv.shutdown()
+    srv.server_close()
+
+
+def _relay(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def test_https_through_connect_proxy_still_verifies(tls_server, connect_proxy, monkeypatch):
+    port, seen = connect_proxy
+    monkeypatch.setenv("https_proxy", f"http://agent:pw@127.0.0.1:{port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    url = f"https://127.0.0.1:{tls_server.port}"
+    res = Pusher(server=url, token="tok", timeout_s=5).send(PAYLOAD)
+    assert res.outcome == "retry"  # tunnelled, and the server's certificate is still checked
+    assert "CERTIFICATE_VERIFY_FAILED" in res.detail
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.cert))
+    res = Pusher(server=url, token="tok", timeout_s=5).send(PAYLOAD)
+    assert (res.outcome, res.status) == ("ok", 202)
+    assert seen[-1] == (f"127.0.0.1:{tls_server.port}", "Basic YWdlbnQ6cHc=")  # agent:pw
+    assert tls_server.requests[0]["path"] == "/api/v1/samples"
