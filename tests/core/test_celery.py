@@ -67,3 +67,5 @@ def test_demo_transport_round_trip_in_a_fresh_var_dir(tmp_path):
         worker.terminate()
         out, _ = worker.communicate(timeout=30)
     assert "Unrecoverable error" not in out
+    assert not (ROOT / "control").exists(), "exchange tables belong under the var dir"
+    assert (tmp_path / "var" / "celery" / "control").is_dir()
