@@ -20,7 +20,13 @@ from django.utils import timezone
 from apps.chargeback.selectors import RateLookup
 from apps.dashboard.filters import DashboardFilters
 from apps.fleet.models import Cluster, Gpu, Node
-from apps.telemetry.models import AllocationGpuHourly, CapacityDaily, GpuRollup5m, UsageDaily
+from apps.telemetry.models import (
+    AllocationGpuHourly,
+    CapacityDaily,
+    GpuRollup5m,
+    UsageDaily,
+    UsageHourly,
+)
 from apps.telemetry.selectors import efficiency_by
 from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
 
@@ -209,8 +215,9 @@ def capacity_series(
 ) -> CapacitySeries:
     """Busy, idle-allocated and unallocated GPUs over the range.
 
-    Hourly per-allocation rollups below a day's bucket, daily rollups above: a 30-day chart
-    then reads ~30 rows per project instead of 720 per GPU (this page must stay fast).
+    Hourly usage rollups below a day's bucket, daily ones above: a 30-day chart then reads
+    ~30 rows per project instead of 720 per GPU (this page must stay fast). A MIG instance
+    counts under its parent's model in both, as in ``efficiency_by``.
     """
     bucket_s = filters.bucket_s(minimum=3600)
     start_ts, end_ts = filters.start_ts, filters.end_ts
@@ -245,15 +252,17 @@ def capacity_series(
                 key = ts - (ts - buckets[0]) % bucket_s if buckets else ts
                 capacity[key] += item["c"] or 0.0
     else:
-        hourly = AllocationGpuHourly.objects.filter(
+        # Per-project hourly sums (UsageHourly), not per allocated GPU: a 7-day chart of a
+        # 1,000-GPU fleet reads ~25,000 rows instead of ~150,000.
+        hourly = UsageHourly.objects.filter(
             hour__gte=buckets[0] if buckets else start_ts, hour__lt=end_ts
         )
         if projects is not None:
-            hourly = hourly.filter(allocation__project__in=projects)
+            hourly = hourly.filter(project__in=projects)
         if filters.cluster:
-            hourly = hourly.filter(gpu__node__cluster__slug=filters.cluster)
+            hourly = hourly.filter(cluster__slug=filters.cluster)
         if filters.gpu_model:
-            hourly = hourly.filter(gpu__model_name=filters.gpu_model)
+            hourly = hourly.filter(gpu_model=filters.gpu_model)
         for item in (
             hourly.annotate(b_=F("hour") / bucket_s)
             .values("b_")

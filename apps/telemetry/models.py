@@ -189,6 +189,36 @@ class UsageDaily(models.Model):
         return f"{self.project_id} {self.gpu_model} {self.day}"
 
 
+class UsageHourly(models.Model):
+    """GPU-seconds of one project on one GPU model (and MIG profile) in one cluster over one
+    hour: the sums of that hour's ``AllocationGpuHourly`` rows, replaced with them by the
+    rollup and pruned with them. Hourly charts and the partial days at the ends of a range
+    read a few rows per project here instead of one per allocated GPU."""
+
+    hour = models.BigIntegerField(help_text="Hour start, epoch seconds, a multiple of 3600.")
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
+    cluster = models.ForeignKey("fleet.Cluster", on_delete=models.CASCADE, related_name="+")
+    gpu_model = models.CharField(max_length=200, help_text="A MIG instance's parent model.")
+    mig_profile = models.CharField(max_length=50, blank=True, default="")
+    allocated_s = models.FloatField()
+    observed_s = models.FloatField()
+    busy_s = models.FloatField()
+    idle_s = models.FloatField()
+    mem_held_idle_s = models.FloatField()
+
+    class Meta:
+        verbose_name = "hourly usage rollup"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "project", "cluster", "gpu_model", "mig_profile"],
+                name="usagehourly_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.gpu_model} @ {self.hour}"
+
+
 class CapacityDaily(models.Model):
     """Fleet capacity of one GPU model in one cluster over one UTC day, and how much of it
     nobody held (capacity planning, platform cost)."""

@@ -52,6 +52,7 @@ from apps.telemetry.models import (
     RawSample,
     RollupPending,
     UsageDaily,
+    UsageHourly,
 )
 
 BUCKET_S = 300
@@ -618,6 +619,31 @@ def _usage_daily_recompute(*, days: set[int]) -> int:
     return len(rows)
 
 
+def _usage_hourly_recompute(cursor) -> int:
+    """Replace ``UsageHourly`` for every hour in ``fw_hour`` from the hourly rows: whole hours
+    (every GPU's rows of them), so a row stays the sum of exactly its hour's rows."""
+    table, hourly = _t(UsageHourly), _t(AllocationGpuHourly)
+    cursor.execute(f"DELETE FROM {table} WHERE hour IN (SELECT DISTINCT hour FROM fw_hour)")
+    cursor.execute(
+        f"""
+        INSERT INTO {table} (hour, project_id, cluster_id, gpu_model, mig_profile,
+                             allocated_s, observed_s, busy_s, idle_s, mem_held_idle_s)
+        SELECT h.hour, a.project_id, n.cluster_id, COALESCE(p.model_name, g.model_name),
+               g.mig_profile, SUM(h.allocated_s), SUM(h.observed_s), SUM(h.busy_s),
+               SUM(h.idle_s), SUM(h.mem_held_idle_s)
+        FROM {hourly} h
+        JOIN tenancy_allocation a ON a.id = h.allocation_id
+        JOIN fleet_gpu g ON g.id = h.gpu_id
+        LEFT JOIN fleet_gpu p ON p.id = g.mig_parent_id
+        JOIN fleet_node n ON n.id = g.node_id
+        WHERE h.hour IN (SELECT DISTINCT hour FROM fw_hour)
+        GROUP BY h.hour, a.project_id, n.cluster_id, COALESCE(p.model_name, g.model_name),
+                 g.mig_profile
+        """
+    )
+    return cursor.rowcount
+
+
 def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
     """Replace ``CapacityDaily`` for whole UTC days (see the module docstring)."""
     from django.db.models import Q, Sum
@@ -780,6 +806,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         steps["gpu_5m"] = time.perf_counter() - mark
         mark = time.perf_counter()
         hourly_rows = _hourly_recompute(cursor, pad=kb, gap=gap)
+        _usage_hourly_recompute(cursor)
         steps["hourly"] = time.perf_counter() - mark
         mark = time.perf_counter()
         days = _days_touched(cursor)
@@ -849,8 +876,10 @@ def rollups_run_pending(
 
 def rollups_prune(*, now: dt.datetime | None = None) -> dict:
     """Delete 5-minute rollups older than ``FLOPWATCH_ROLLUP_5M_RETENTION_DAYS`` and hourly
-    ones older than ``FLOPWATCH_HOURLY_RETENTION_DAYS``; daily rows are kept forever.
-    Idempotent: a second run finds nothing more to delete."""
+    ones older than ``FLOPWATCH_HOURLY_RETENTION_DAYS`` (``UsageHourly`` with them, so it
+    never holds an hour the hourly rows lost; counted under "hourly" only for the per-GPU
+    rows); daily rows are kept forever. Idempotent: a second run finds nothing more to
+    delete."""
     now_ts = _epoch(now or timezone.now())
     cut_5m = now_ts - settings.FLOPWATCH_ROLLUP_5M_RETENTION_DAYS * DAY_S
     cut_hourly = now_ts - settings.FLOPWATCH_HOURLY_RETENTION_DAYS * DAY_S
@@ -858,6 +887,7 @@ def rollups_prune(*, now: dt.datetime | None = None) -> dict:
     deleted_hourly, _ = AllocationGpuHourly.objects.filter(
         hour__lt=cut_hourly - cut_hourly % HOUR_S
     ).delete()
+    UsageHourly.objects.filter(hour__lt=cut_hourly - cut_hourly % HOUR_S).delete()
     return {"gpu_5m": deleted_5m, "hourly": deleted_hourly}
 
 

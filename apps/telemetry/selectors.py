@@ -1,11 +1,12 @@
 """Reads of the rollups: pooled efficiency and cost by team, project, allocation or GPU.
 
-``efficiency_by`` answers from ``AllocationGpuHourly`` (one row per allocation x GPU x hour)
-and, by team or project, from ``UsageDaily`` for the whole UTC days of the range (the sums of
-those same hourly rows, kept by the rollup in the same transaction). Hours are whole: an hour
-belongs to the range when it *starts* inside ``[start, end)`` (the same rule as chargeback
-statements), so a range from 10:30 to 12:30 counts the hours 11:00 and 12:00 in full and
-nothing of 10:00.
+``efficiency_by`` answers by allocation or GPU from ``AllocationGpuHourly`` (one row per
+allocation x GPU x hour); by team or project from the per-project sums of those same rows,
+kept by the rollup in the same transaction: ``UsageDaily`` for the whole UTC days of the
+range and ``UsageHourly`` for the hours of the partial days at its ends. Hours are whole: an
+hour belongs to the range when it *starts* inside ``[start, end)`` (the same rule as
+chargeback statements), so a range from 10:30 to 12:30 counts the hours 11:00 and 12:00 in
+full and nothing of 10:00.
 Cost is allocated GPU-hours x the GPU's rate on the UTC day of each hour (MIG instances at
 their fraction of the parent's price); sums stay ``Decimal`` and are rounded to cents once.
 """
@@ -22,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connection
-from django.db.models import Min, QuerySet, Sum
+from django.db.models import F, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from apps.fleet.models import Cluster, Gpu, Node
-from apps.telemetry.models import AllocationGpuHourly, UsageDaily
+from apps.telemetry.models import AllocationGpuHourly, UsageDaily, UsageHourly
 from apps.tenancy.models import Allocation, Project, Team
 
 if TYPE_CHECKING:
@@ -192,6 +193,46 @@ def _daily_groups(
     ]
 
 
+def _usage_hourly_groups(
+    *,
+    group: str,
+    spans: list[tuple[int, int]],
+    projects: QuerySet[Project] | None,
+    cluster: str | None,
+    gpu_model: str | None,
+) -> list[_Group]:
+    """The same sums as ``_hourly_groups`` for teams and projects, read from ``UsageHourly``
+    (each row the sum of one hour's rows of a project x cluster x model x MIG profile)."""
+    if not spans:
+        return []
+    in_spans = Q()
+    for lo, hi in spans:
+        in_spans |= Q(hour__gte=lo, hour__lt=hi)
+    rows = UsageHourly.objects.filter(in_spans)
+    if projects is not None:
+        rows = rows.filter(project__in=projects)
+    if cluster:
+        rows = rows.filter(cluster__slug=cluster)
+    if gpu_model:
+        rows = rows.filter(gpu_model=gpu_model)
+    grouped = (
+        rows.annotate(day=F("hour") / DAY_S)
+        .values_list(_DAILY_KEY_FIELDS[group], "day", "gpu_model", "mig_profile", "cluster_id")
+        .annotate(
+            Sum("allocated_s"),
+            Sum("observed_s"),
+            Sum("busy_s"),
+            Sum("idle_s"),
+            Sum("mem_held_idle_s"),
+        )
+        .order_by()
+    )
+    return [
+        (key, int(day), model, mig_profile, cluster_id, *(v or 0.0 for v in sums))
+        for key, day, model, mig_profile, cluster_id, *sums in grouped
+    ]
+
+
 def _price_periods(*, days: list[int], rates: RateLookup) -> list[tuple[int, int]]:
     """Consecutive ``days`` cut into [first, end) spans at every date some price changes."""
     first, end = days[0], days[-1] + 1
@@ -211,7 +252,7 @@ def _hours_exist(*, lo: int, hi: int) -> bool:
 
 def _days_and_hours(*, lo: int, hi: int) -> tuple[list[int], list[tuple[int, int]]]:
     """Split the hours ``[lo, hi)`` into UTC days read from ``UsageDaily`` (consecutive day
-    numbers) and spans read hour by hour.
+    numbers) and spans read hour by hour (from ``UsageHourly``).
 
     Whole days always come from ``UsageDaily``. A partial day at either end does too when no
     hourly row exists in its part outside the range (then its daily rows hold exactly the
@@ -253,10 +294,11 @@ def efficiency_by(
     counts as its parent's model). Rows sorted by key. ``rates``: a rate card already loaded
     (a page asking for several ranges loads it once).
 
-    By team or project, the whole UTC days of the range come from ``UsageDaily`` and only the
-    partial days at its ends from the hourly rows (see ``_days_and_hours``): a 30-day range
-    then reads ~30 rows per project instead of ~720 per allocated GPU. Each (group, day, model, profile, cluster) sum
-    comes whole from one table, so prices apply to the same sums either way."""
+    By team or project, the whole UTC days of the range come from ``UsageDaily`` and the
+    partial days at its ends from ``UsageHourly`` (see ``_days_and_hours``): a 30-day range
+    then reads ~30 rows per project instead of ~720 per allocated GPU. Each (group, day,
+    model, profile, cluster) sum comes whole from one table, so prices apply to the same
+    sums either way."""
     from apps.chargeback.selectors import RateLookup
 
     if group not in GROUPS:
@@ -274,7 +316,7 @@ def efficiency_by(
         if days:
             for first_day, end_day in _price_periods(days=days, rates=rates):
                 items += _daily_groups(first_day=first_day, end_day=end_day, **filters)
-        items += _hourly_groups(spans=spans, **filters)
+        items += _usage_hourly_groups(spans=spans, **filters)
     elif lo < hi:
         items += _hourly_groups(spans=[(lo, hi)], **filters)
     seconds: dict[Any, list[float]] = defaultdict(lambda: [0.0] * 5)

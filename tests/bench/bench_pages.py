@@ -108,7 +108,8 @@ def seed(*, fresh: bool) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE telemetry_gpurollup5m, telemetry_allocationgpuhourly, "
-            "telemetry_usagedaily, telemetry_capacitydaily, tenancy_allocationgpu, "
+            "telemetry_usagehourly, telemetry_usagedaily, telemetry_capacitydaily, "
+            "tenancy_allocationgpu, "
             "tenancy_allocation, tenancy_project_owners, tenancy_project, tenancy_membership, "
             "tenancy_team, fleet_gpu, fleet_node, fleet_cluster CASCADE"
         )
@@ -259,7 +260,24 @@ def _seed_rollups(*, now, steps, connection) -> None:
             """  # noqa: S608 - only constants are formatted in
         )
         steps.update()
-        cursor.execute("TRUNCATE telemetry_usagedaily, telemetry_capacitydaily")
+        cursor.execute(
+            "TRUNCATE telemetry_usagehourly, telemetry_usagedaily, telemetry_capacitydaily"
+        )
+        cursor.execute(
+            """
+            INSERT INTO telemetry_usagehourly
+                (hour, project_id, cluster_id, gpu_model, mig_profile, allocated_s, observed_s,
+                 busy_s, idle_s, mem_held_idle_s)
+            SELECT h.hour, a.project_id, n.cluster_id, g.model_name, g.mig_profile,
+                   sum(h.allocated_s), sum(h.observed_s), sum(h.busy_s), sum(h.idle_s),
+                   sum(h.mem_held_idle_s)
+            FROM telemetry_allocationgpuhourly h
+            JOIN tenancy_allocation a ON a.id = h.allocation_id
+            JOIN fleet_gpu g ON g.id = h.gpu_id
+            JOIN fleet_node n ON n.id = g.node_id
+            GROUP BY 1, 2, 3, 4, 5
+            """
+        )
         cursor.execute(
             """
             INSERT INTO telemetry_usagedaily
@@ -300,7 +318,8 @@ def _seed_rollups(*, now, steps, connection) -> None:
         steps.update()
         cursor.execute(
             "ANALYZE telemetry_gpurollup5m, telemetry_allocationgpuhourly, "
-            "telemetry_usagedaily, telemetry_capacitydaily, tenancy_allocation, "
+            "telemetry_usagehourly, telemetry_usagedaily, telemetry_capacitydaily, "
+            "tenancy_allocation, "
             "tenancy_allocationgpu, fleet_gpu"
         )
         steps.update()
@@ -326,6 +345,7 @@ def counts() -> dict[str, int]:
             "tenancy_allocation",
             "telemetry_gpurollup5m",
             "telemetry_allocationgpuhourly",
+            "telemetry_usagehourly",
             "telemetry_usagedaily",
             "telemetry_capacitydaily",
         ):

@@ -3,7 +3,7 @@
 Two clusters, three nodes, five GPUs; project a1 runs a 2-GPU job (busy on one GPU, idle with
 memory held on the other), a2 a finished 1-GPU job, b1 a busy job in the other cluster. The
 rows cover the last ``hours`` hours at 5-minute, hourly and daily grain, consistent with each
-other the way the rollups would write them.
+other the way the rollups would write them (per-GPU and per-project hourly rows included).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def dash_data_build(
         CapacityDaily,
         GpuRollup5m,
         UsageDaily,
+        UsageHourly,
     )
     from apps.tenancy.models import Allocation, AllocationGpu
 
@@ -173,7 +174,28 @@ def dash_data_build(
     GpuRollup5m.objects.bulk_create(rollups, batch_size=2000)
     AllocationGpuHourly.objects.bulk_create(hourly, batch_size=2000)
 
-    # Daily rows from the hourly ones (as the rollups do).
+    # Hourly and daily usage rows from the hourly ones (as the rollups do).
+    usage_hourly: dict = {}
+    for h in hourly:
+        g = next(x for x in gpus if x.id == h.gpu_id)
+        key = (h.hour, h.allocation.project_id, g.node.cluster_id, g.model_name)
+        acc = usage_hourly.setdefault(key, [0.0] * 5)
+        for i, v in enumerate((h.allocated_s, h.observed_s, h.busy_s, h.idle_s, h.mem_held_idle_s)):
+            acc[i] += v
+    UsageHourly.objects.bulk_create(
+        UsageHourly(
+            hour=hour,
+            project_id=project_id,
+            cluster_id=cluster_id,
+            gpu_model=model,
+            allocated_s=acc[0],
+            observed_s=acc[1],
+            busy_s=acc[2],
+            idle_s=acc[3],
+            mem_held_idle_s=acc[4],
+        )
+        for (hour, project_id, cluster_id, model), acc in usage_hourly.items()
+    )
     usage: dict = {}
     for h in hourly:
         day = dt.datetime.fromtimestamp(h.hour, tz=dt.UTC).date()

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.chargeback.selectors import RateLookup
 from apps.fleet.models import Cluster, Gpu, Node
-from apps.telemetry.models import AllocationGpuHourly, UsageDaily
+from apps.telemetry.models import AllocationGpuHourly, UsageDaily, UsageHourly
 from apps.telemetry.rollups import rollups_run_pending
 from apps.telemetry.selectors import efficiency_by
 from apps.tenancy.models import Project
@@ -222,6 +222,40 @@ def test_rollup_keeps_usage_daily_equal_to_the_hourly_sums_with_mig_apart(world)
         assert daily[key] == pytest.approx(values, rel=1e-12), key
     assert {k[4] for k in daily} == {"", "3g.40gb"}
     assert len({k[0] for k in daily}) == 4  # days 0-3
+    # UsageHourly: the same sums per hour.
+    per_hour = defaultdict(lambda: [0.0] * 5)
+    for row in AllocationGpuHourly.objects.select_related("allocation", "gpu__node"):
+        gpu = row.gpu
+        model = gpu.mig_parent.model_name if gpu.mig_parent_id else gpu.model_name
+        key = (row.hour, row.allocation.project_id, gpu.node.cluster_id, model, gpu.mig_profile)
+        values = (row.allocated_s, row.observed_s, row.busy_s, row.idle_s, row.mem_held_idle_s)
+        for i, value in enumerate(values):
+            per_hour[key][i] += value
+    hourly = {
+        (u.hour, u.project_id, u.cluster_id, u.gpu_model, u.mig_profile): [
+            u.allocated_s,
+            u.observed_s,
+            u.busy_s,
+            u.idle_s,
+            u.mem_held_idle_s,
+        ]
+        for u in UsageHourly.objects.all()
+    }
+    assert set(hourly) == set(per_hour)
+    for key, values in per_hour.items():
+        assert hourly[key] == pytest.approx(values, rel=1e-12), key
+
+
+def test_pruning_hourly_rows_prunes_their_usage_hourly_rows(world, settings):
+    from apps.telemetry.rollups import rollups_prune
+
+    _ = world
+    settings.FLOPWATCH_HOURLY_RETENTION_DAYS = 2
+    rollups_prune(now=at(3 * DAY + 12 * HOUR))  # cut: day 1, 12:00
+    cut = at(DAY + 12 * HOUR).timestamp()
+    assert not AllocationGpuHourly.objects.filter(hour__lt=cut).exists()
+    assert not UsageHourly.objects.filter(hour__lt=cut).exists()
+    assert UsageHourly.objects.filter(hour__gte=cut).exists()
 
 
 def _check_ranges() -> None:

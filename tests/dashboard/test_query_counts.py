@@ -20,7 +20,7 @@ def _more_of_everything(data, *, n: int) -> None:
     """``n`` more teams, each with a project, a node of two GPUs, a job holding both for the
     whole window (hourly, daily and 5-minute rows like the factory's) and an open finding."""
     from apps.fleet.models import Gpu, Node
-    from apps.telemetry.models import AllocationGpuHourly, GpuRollup5m, UsageDaily
+    from apps.telemetry.models import AllocationGpuHourly, GpuRollup5m, UsageDaily, UsageHourly
     from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
 
     east = data.clusters[0]
@@ -94,6 +94,23 @@ def _more_of_everything(data, *, n: int) -> None:
                     )
                 )
         AllocationGpuHourly.objects.bulk_create(hourly)
+        per_hour: dict[int, float] = {}
+        for row in hourly:
+            per_hour[row.hour] = per_hour.get(row.hour, 0.0) + row.allocated_s
+        UsageHourly.objects.bulk_create(
+            UsageHourly(
+                hour=hour,
+                project=project,
+                cluster=east,
+                gpu_model=H100,
+                allocated_s=secs,
+                observed_s=secs,
+                busy_s=secs / 2,
+                idle_s=0.0,
+                mem_held_idle_s=0.0,
+            )
+            for hour, secs in per_hour.items()
+        )
         GpuRollup5m.objects.bulk_create(rollups)
         UsageDaily.objects.bulk_create(
             UsageDaily(
