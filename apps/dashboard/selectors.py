@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Avg, Count, F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -355,6 +356,16 @@ class Heatmap:
 HEATMAP_MAX_GPUS = 64
 
 
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
 def project_heatmap(*, project: Project, filters: DashboardFilters) -> Heatmap:
     """Activity (%) of each GPU the project held, per bucket, only while the project held it."""
     bucket_s = filters.bucket_s(minimum=300)
@@ -382,23 +393,28 @@ def project_heatmap(*, project: Project, filters: DashboardFilters) -> Heatmap:
     gpu_ids = sorted(per_gpu, key=lambda g: labels[g])
     truncated = max(0, len(gpu_ids) - HEATMAP_MAX_GPUS)
     gpu_ids = gpu_ids[:HEATMAP_MAX_GPUS]
-    condition = Q()
-    for gpu_id in gpu_ids:
-        for lo, hi in per_gpu[gpu_id]:
-            condition |= Q(gpu_id=gpu_id, bucket__gte=lo, bucket__lt=hi)
     index_of = {key: i for i, key in enumerate(buckets)}
     z: dict[int, list[float | None]] = {g: [None] * len(buckets) for g in gpu_ids}
-    if gpu_ids and buckets:
-        rows = (
-            GpuRollup5m.objects.filter(condition)
-            .annotate(b_=F("bucket") / bucket_s)
-            .values("gpu_id", "b_")
-            .annotate(busy=Sum("busy_s"), covered=Sum("covered_s"))
-        )
-        for item in rows:
-            i = index_of.get(int(item["b_"]) * bucket_s)
-            if i is not None and item["covered"]:
-                z[item["gpu_id"]][i] = round(100 * min(1.0, item["busy"] / item["covered"]), 1)
+    # Each GPU's spans merged (a 5-minute row counts once), joined as a VALUES list: one
+    # index range scan per span, and none of the ORM's cost of building and compiling a
+    # hundred OR-ed filters (it was half of the project page).
+    spans = [(g, lo, hi) for g in gpu_ids for lo, hi in _merged(per_gpu[g]) if lo < hi]
+    if spans and buckets:
+        values = ", ".join(["(%s, %s, %s)"] * len(spans))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT r.gpu_id, r.bucket / %s, SUM(r.busy_s), SUM(r.covered_s)
+                    FROM {GpuRollup5m._meta.db_table} r
+                    JOIN (VALUES {values}) AS s
+                      ON r.gpu_id = s.column1 AND r.bucket >= s.column2
+                     AND r.bucket < s.column3
+                    GROUP BY r.gpu_id, r.bucket / %s""",  # noqa: S608 - placeholders only
+                [bucket_s, *(v for span in spans for v in span), bucket_s],
+            )
+            for gpu_id, b_, busy, covered in cursor.fetchall():
+                i = index_of.get(int(b_) * bucket_s)
+                if i is not None and covered:
+                    z[gpu_id][i] = round(100 * min(1.0, busy / covered), 1)
     return Heatmap(
         bucket_s,
         [_epoch(k) for k in buckets],
