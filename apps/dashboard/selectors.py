@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
 from django.db.models import Avg, Count, F, Max, Q, QuerySet, Sum
 from django.utils import timezone
@@ -144,21 +145,38 @@ class GpuNow:
     reporting: int
 
 
+_LATEST_FIELDS = ("gpu_id", "bucket", "covered_s", "busy_s", "mem_used_mean_mib", "power_mean_w")
+
+
 def _latest_rollups(
     *, gpu_ids: Iterable[int] | QuerySet | None, now: dt.datetime
 ) -> dict[int, dict]:
     """The newest 5-minute rollup of each GPU within the last ``RECENT_S`` seconds, as dicts
-    (plain values, not model instances: the fleet table reads one per GPU every few seconds)."""
+    (plain values, not model instances: the fleet table reads one per GPU every few seconds).
+
+    The database picks each GPU's newest bucket (MAX per GPU, then one probe of the (GPU,
+    bucket) index each) rather than Python walking every bucket of those minutes."""
     since = int(now.timestamp()) - RECENT_S
-    rows = GpuRollup5m.objects.filter(bucket__gte=since).order_by("gpu_id", "bucket")
+    newest = GpuRollup5m.objects.filter(bucket__gte=since)
     if gpu_ids is not None:
-        rows = rows.filter(gpu_id__in=gpu_ids if isinstance(gpu_ids, QuerySet) else list(gpu_ids))
-    latest: dict[int, dict] = {}
-    for row in rows.values(
-        "gpu_id", "bucket", "covered_s", "busy_s", "mem_used_mean_mib", "power_mean_w"
-    ):
-        latest[row["gpu_id"]] = row
-    return latest
+        newest = newest.filter(
+            gpu_id__in=gpu_ids if isinstance(gpu_ids, QuerySet) else list(gpu_ids)
+        )
+    try:
+        sub_sql, params = (
+            newest.values("gpu_id").annotate(m=Max("bucket")).order_by().query.sql_with_params()
+        )
+    except EmptyResultSet:
+        return {}
+    table = GpuRollup5m._meta.db_table
+    columns = ", ".join(f"r.{name}" for name in _LATEST_FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {table} r JOIN ({sub_sql}) l "  # noqa: S608 - our SQL
+            "ON r.gpu_id = l.gpu_id AND r.bucket = l.m",
+            params,
+        )
+        return {row[0]: dict(zip(_LATEST_FIELDS, row, strict=True)) for row in cursor.fetchall()}
 
 
 def activity_of(row: dict | None) -> float | None:
@@ -274,16 +292,23 @@ def capacity_series(
             allocated[key] += item["a"] or 0.0
         if whole_fleet:
             # Capacity of an hour: every GPU that existed then (first seen by its end).
+            # GPUs seen by the end of the first bucket count in every bucket: counted in the
+            # database, only the later ones are loaded.
             gpus = _gpus_filtered(Gpu.objects.all(), filters)
+            edge = _epoch(buckets[0] + bucket_s) if buckets else filters.start
+            base = gpus.filter(Q(first_seen_at__isnull=True) | Q(first_seen_at__lte=edge)).count()
             firsts = sorted(
-                int(first.timestamp()) if first else 0
-                for first in gpus.values_list("first_seen_at", flat=True)
+                int(first.timestamp())
+                for first in gpus.filter(first_seen_at__gt=edge).values_list(
+                    "first_seen_at", flat=True
+                )
             )
             import bisect
 
             for key in buckets:
                 elapsed = min(bucket_s, max(end_ts - key, 1))
-                capacity[key] = bisect.bisect_right(firsts, key + bucket_s) * float(elapsed)
+                count = base + bisect.bisect_right(firsts, key + bucket_s)
+                capacity[key] = count * float(elapsed)
     x, b_out, i_out, u_out = [], [], [], []
     for key in buckets:
         x.append(_epoch(key))

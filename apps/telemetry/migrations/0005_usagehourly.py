@@ -1,5 +1,6 @@
 """UsageHourly: per project x cluster x model x MIG profile x hour sums of the hourly rows,
-filled here from the hourly rows already stored (one INSERT ... SELECT); the rollup keeps it
+filled here from the hourly rows already stored (one INSERT ... SELECT, in hour order so
+that an hour range is a few heap pages, as when the rollup writes them); the rollup keeps it
 in step from then on."""
 
 import django.db.models.deletion
@@ -27,6 +28,7 @@ def usage_hourly_fill(apps, schema_editor):
             JOIN {node} n ON n.id = g.node_id
             GROUP BY h.hour, a.project_id, n.cluster_id, COALESCE(p.model_name, g.model_name),
                      g.mig_profile
+            ORDER BY h.hour
             """  # noqa: S608 - only table names are formatted in
         )
 
