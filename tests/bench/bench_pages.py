@@ -12,19 +12,23 @@ wipe its rows. Seeding is set-based SQL (``generate_series``), not Python loops.
 
 Measured 2026-11-29 on the shared 2-core box with
 ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/fw_dash python tests/bench/bench_pages.py``
-(p50 / p95 ms):
+(p50 / p95 ms; "before" is the tree of 938e42f):
 
-    page       before (load avg 3.5-4.8)   after (load avg 1.0-1.1)
-    overview   3062 / 3887                   62 / 80
-    team         79 / 100                    21 / 26
-    project     145 / 217                    49 / 57
+    page          before (load 3.5-4.8)   after (load 0.7-0.9)   after, 1st run after --reseed
+    overview      3062 / 3887               67 / 89                87 / 104
+    team            79 / 100                21 / 23                27 / 34
+    project        145 / 217                66 / 73                72 / 89
+    overview 30d        -                   97 / 102              118 / 145
 
-Targets met. Before, ``efficiency_by`` summed every allocation x GPU x hour row of each
-range (the overview asks for five ranges: ~1 M rows); now whole days come from
-``UsageDaily``, the partial days at a range's ends and the hourly capacity chart from
-``UsageHourly`` (per-project sums of each hour), and the project heatmap is one statement.
-Not targeted and still slow: the fleet page and its refresh fragment (~180 / 270 ms: they
-render all 1,000 GPUs); ``overview 30d`` ~77 / 99 ms.
+Targets met, with little margin on the overview (runs vary by ~20 ms on this box; the first
+run after seeding competes with autovacuum and cold caches). Before, ``efficiency_by`` summed
+every allocation x GPU x hour row of each range (the overview asks for five ranges: ~1 M
+rows); now whole days come from ``UsageDaily``, the partial days at a range's ends and the
+hourly capacity chart from ``UsageHourly`` (per-project sums of each hour), the project
+heatmap is one statement and "GPUs now" picks each GPU's newest row in the database.
+Not targeted and still slow: the fleet page and its refresh fragment (~220-280 / 300-350 ms:
+they render all 1,000 GPUs in Python); ``overview 30d`` (its 3-hour capacity chart reads
+30 days of ``UsageHourly``).
 """
 
 from __future__ import annotations
