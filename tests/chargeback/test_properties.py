@@ -56,8 +56,9 @@ hourly = st.lists(
 
 def _in_force(rate_list, *, model, cluster, day) -> Decimal:
     def newest(where):
-        found = [(d, p) for m, c, d, p in rate_list if m == model and c == where and d <= day]
-        return max(found)[1] if found else None
+        # rate_set replaces the price of an existing (model, cluster, day): the last one wins.
+        found = {d: p for m, c, d, p in rate_list if m == model and c == where and d <= day}
+        return found[max(found)] if found else None
 
     price = newest(cluster) if cluster else None
     if price is None:
