@@ -8,6 +8,7 @@ from apps.telemetry.models import (
     CapacityDaily,
     GpuRollup5m,
     UsageDaily,
+    UsageHourly,
 )
 
 
@@ -61,6 +62,15 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     list_display = ("day", "team", "project", "cluster", "gpu_model", "allocated_s", "busy_s")
     list_filter = ("cluster", "team")
     date_hierarchy = "day"
+
+
+@admin.register(UsageHourly)
+class UsageHourlyAdmin(ReadOnlyAdmin):
+    list_display = (
+        "hour", "project", "cluster", "gpu_model", "mig_profile", "allocated_s", "busy_s",
+    )  # fmt: skip
+    list_filter = ("cluster",)
+    search_fields = ("project__slug", "gpu_model")
 
 
 @admin.register(CapacityDaily)
