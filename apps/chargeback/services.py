@@ -124,8 +124,26 @@ DEMO_RATES = {"h100": "4.2500", "a100": "2.2000", "l40s": "1.3500"}
 DEMO_RATES_FROM = dt.date(2025, 1, 1)
 
 
+def gpu_models_default_ensure() -> int:
+    """Create the default GPU models and aliases that are missing (migration ``0003`` seeds
+    them too; a flushed database, or one whose admin deleted them, gets them back here).
+    Returns how many models were created."""
+    from apps.chargeback.gpu_models import DEFAULT_GPU_MODELS
+
+    created = 0
+    for slug, (name, aliases) in DEFAULT_GPU_MODELS.items():
+        gpu_model, is_new = GpuModel.objects.get_or_create(slug=slug, defaults={"name": name})
+        created += is_new
+        for alias in aliases:
+            GpuModelAlias.objects.get_or_create(
+                name=gpu_model_name_normalise(alias), defaults={"gpu_model": gpu_model}
+            )
+    return created
+
+
 def rate_card_demo_seed() -> int:
     """The demo organisation's rate card (idempotent); returns how many rates it set."""
+    gpu_models_default_ensure()
     for slug, price in DEMO_RATES.items():
         rate_set(model=slug, price=Decimal(price), effective_from=DEMO_RATES_FROM)
     return len(DEMO_RATES)
