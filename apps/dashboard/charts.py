@@ -136,7 +136,8 @@ def trend_figure(series: TrendSeries) -> dict:
 def heatmap_figure(heatmap: Heatmap) -> dict:
     height = max(180, 60 + 22 * len(heatmap.labels))
     layout = _layout(y_title="", height=height, hovermode="closest")
-    layout["yaxis"] = {"type": "category", "autorange": "reversed"}
+    # automargin: GPU labels ("gpu-a-001/7") are wider than the default left margin.
+    layout["yaxis"] = {"type": "category", "autorange": "reversed", "automargin": True}
     return {
         "data": [
             {
