@@ -150,6 +150,10 @@ def _hourly_groups(
         ]
 
 
+# The seconds every usage rollup row carries, summed in this order into a ``_Group``.
+_USAGE_SECONDS = ("allocated_s", "observed_s", "busy_s", "idle_s", "mem_held_idle_s")
+
+
 def _daily_groups(
     *,
     group: str,
@@ -178,13 +182,7 @@ def _daily_groups(
     key_field = _DAILY_KEY_FIELDS[group]
     grouped = (
         rows.values_list(key_field, "gpu_model", "mig_profile", "cluster_id")
-        .annotate(
-            Sum("allocated_s"),
-            Sum("observed_s"),
-            Sum("busy_s"),
-            Sum("idle_s"),
-            Sum("mem_held_idle_s"),
-        )
+        .annotate(*(Sum(name) for name in _USAGE_SECONDS))
         .order_by()
     )
     return [
@@ -218,13 +216,7 @@ def _usage_hourly_groups(
     grouped = (
         rows.annotate(day=F("hour") / DAY_S)
         .values_list(_DAILY_KEY_FIELDS[group], "day", "gpu_model", "mig_profile", "cluster_id")
-        .annotate(
-            Sum("allocated_s"),
-            Sum("observed_s"),
-            Sum("busy_s"),
-            Sum("idle_s"),
-            Sum("mem_held_idle_s"),
-        )
+        .annotate(*(Sum(name) for name in _USAGE_SECONDS))
         .order_by()
     )
     return [
