@@ -88,6 +88,19 @@ def capacity_figure(series: CapacitySeries) -> dict:
     return fig
 
 
+def nice_axis_top(value: float, *, steps: int) -> float:
+    """The smallest axis top at or above ``value`` whose ``steps`` equal steps are a round
+    number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten)."""
+    if value <= 0:
+        return float(steps)
+    step = value / steps
+    power = 10 ** math.floor(math.log10(step))
+    for multiple in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if multiple * power >= step:
+            return multiple * power * steps
+    return 10 * power * steps
+
+
 def trend_figure(series: TrendSeries) -> dict:
     layout = _layout(
         y_title="efficiency %",
@@ -104,6 +117,10 @@ def trend_figure(series: TrendSeries) -> dict:
     layout["margin"]["r"] = 56
     fig = {"data": [], "layout": layout}
     x, y = downsample(series.x, series.allocated_gpus)
+    # The right axis shares the left one's five grid lines: give it a top that divides
+    # into five round steps, so its labels read 10, 20, 30 rather than 10, 20.1, 30.1.
+    top = nice_axis_top(max((v for v in y if v is not None), default=0.0), steps=5)
+    layout["yaxis2"].update(range=[0, top], tickmode="sync")
     fig["data"].append(
         {
             "type": "bar",
