@@ -62,6 +62,9 @@ MEM_HELD_MIB = 1024.0
 # Advisory lock key of the rollup on PostgreSQL ("flopwatch rollup" as a number): only one
 # worker recomputes at a time, a second one returns at once instead of fighting over rows.
 _LOCK_KEY = 0x0F10_2011
+# gpu_id * stride + ts orders samples by GPU, then time, in one bigint (ts < 2^33, i.e.
+# before the year 2242; gpu_id < 2^29).
+_GPU_KEY_STRIDE = 2**34
 
 
 def idle_threshold() -> float:
@@ -342,20 +345,38 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
         # Hash the buckets rather than sort the samples a second time (the estimate of
         # groups is far off for temporary tables).
         cursor.execute("SET LOCAL enable_sort = off")
+    # LEAD over one int8 key (GPU, then time) instead of PARTITION BY gpu ORDER BY ts: the
+    # sort compares a single integer rather than breaking ties on the GPU column for every
+    # pair (2M samples: 7.4 s -> 4.7 s for the whole statement). Across a GPU change the
+    # difference is >= 2^33 and the cap applies, as with no successor. Islands are not a
+    # partition any more: read ranges of one GPU's islands are more than ``pad`` apart, so a
+    # sample that can reach an island's bucket finds its successor in its own range or is
+    # capped either way.
+    key = f"(x.gpu_id * {_GPU_KEY_STRIDE} + x.ts)"
+    # The 200-odd island rows meet their GPU's cap and MIG flag before the samples do: one
+    # hash probe per sample instead of two.
+
+    def mean(column: str) -> str:
+        # AVG(float8) on PostgreSQL also accumulates the sum of squares (its state serves
+        # the variance too); SUM / COUNT is the same division of the same sum, cheaper.
+        if _pg():
+            return f"SUM({column}) / NULLIF(COUNT({column}), 0)"
+        return f"AVG({column})"
+
     cursor.execute(
         f"""
         WITH w AS (
-            SELECT i.gpu_id, i.tlo, i.thi, g.cap, g.mig, x.ts, x.util_pct, x.sm_active,
+            SELECT x.gpu_id, g.cap, g.mig, x.ts, x.util_pct, x.sm_active,
                    x.gr_engine_active, x.mem_used_mib, x.power_w,
-                   LEAD(x.ts) OVER (PARTITION BY x.gpu_id, i.tlo ORDER BY x.ts) AS nts
-            FROM fw_isl i
-            JOIN fw_gpu g ON g.gpu_id = i.gpu_id
-            JOIN {raw} x ON x.gpu_id = i.gpu_id AND x.ts >= i.tlo - %s AND x.ts < i.thi + %s
+                   LEAD({key}) OVER (ORDER BY {key}) - {key} AS nd
+            FROM (SELECT i.gpu_id, i.tlo, i.thi, g.cap, g.mig
+                  FROM fw_isl i JOIN fw_gpu g ON g.gpu_id = i.gpu_id {fence}) g
+            JOIN {raw} x ON x.gpu_id = g.gpu_id AND x.ts >= g.tlo - %s AND x.ts < g.thi + %s
             WHERE x.ts >= {int(lo) - pad} AND x.ts < {int(hi) + pad}
         ),
         d AS (
-            SELECT gpu_id, tlo, thi, ts, ts - ts %% {BUCKET_S} AS b0,
-                   CASE WHEN nts - ts <= cap THEN nts - ts ELSE cap END AS d,
+            SELECT gpu_id, ts, ts - ts %% {BUCKET_S} AS b0,
+                   CASE WHEN nd <= cap THEN nd ELSE cap END AS d,
                    CASE WHEN mig = 1
                         THEN COALESCE(gr_engine_active, sm_active, util_pct / 100.0)
                         ELSE COALESCE(sm_active, util_pct / 100.0) END AS act,
@@ -372,7 +393,7 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
         s AS (
             -- Seconds as floats: SUM over bigint is numeric on PostgreSQL, several times
             -- slower, and the sums are whole seconds far below 2^53 anyway.
-            SELECT gpu_id, tlo, thi, b0, d, act, prof, util_pct, sm, mem, power,
+            SELECT gpu_id, b0, d, act, prof, util_pct, sm, mem, power,
                    CAST(CASE WHEN act IS NULL THEN 0
                         ELSE {least}(d, b0 + {BUCKET_S} - ts) END AS DOUBLE PRECISION) AS own,
                    CAST(CASE WHEN act IS NULL THEN 0
@@ -383,31 +404,32 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
             FROM d {fence}
         ),
         a AS (
-            SELECT gpu_id, tlo, thi, b0, COUNT(*) AS n,
+            SELECT gpu_id, b0, COUNT(*) AS n,
                    SUM(own) AS cov, SUM(act * own) AS busy,
                    SUM(CASE WHEN idle_kind > 0 THEN own ELSE 0 END) AS idle,
                    SUM(CASE WHEN idle_kind = 2 THEN own ELSE 0 END) AS held,
-                   AVG(util_pct) AS util_mean, MAX(util_pct) AS util_max, AVG(sm) AS sm_mean,
-                   AVG(mem) AS mem_mean, MAX(mem) AS mem_max, AVG(power) AS pow_mean,
+                   {mean("util_pct")} AS util_mean, MAX(util_pct) AS util_max,
+                   {mean("sm")} AS sm_mean, {mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
+                   {mean("power")} AS pow_mean,
                    SUM(power * d) AS energy, SUM(prof) AS n_prof, COUNT(prof) AS n_src,
                    MAX(sp) AS sp, SUM(act * sp) AS sp_busy,
                    SUM(CASE WHEN idle_kind > 0 THEN sp ELSE 0 END) AS sp_idle,
                    SUM(CASE WHEN idle_kind = 2 THEN sp ELSE 0 END) AS sp_held
             FROM s
-            GROUP BY gpu_id, tlo, thi, b0
+            GROUP BY gpu_id, b0
         ),
         u AS (
-            SELECT gpu_id, tlo, thi, b0 AS b, n, cov, busy, idle, held, util_mean, util_max,
+            SELECT gpu_id, b0 AS b, n, cov, busy, idle, held, util_mean, util_max,
                    sm_mean, mem_mean, mem_max, pow_mean, energy, n_prof, n_src
             FROM a
             UNION ALL
-            SELECT gpu_id, tlo, thi, b, 0, piece,
+            SELECT gpu_id, b, 0, piece,
                    CASE WHEN piece = sp THEN sp_busy ELSE sp_busy * piece / sp END,
                    CASE WHEN piece = sp THEN sp_idle ELSE sp_idle * piece / sp END,
                    CASE WHEN piece = sp THEN sp_held ELSE sp_held * piece / sp END,
                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0
             FROM (
-                SELECT a.gpu_id, a.tlo, a.thi, a.b0 + {BUCKET_S} * o.j AS b, a.sp, a.sp_busy,
+                SELECT a.gpu_id, a.b0 + {BUCKET_S} * o.j AS b, a.sp, a.sp_busy,
                        a.sp_idle, a.sp_held,
                        {least}(a.sp - {BUCKET_S} * (o.j - 1), {BUCKET_S}) AS piece
                 FROM a JOIN fw_off o ON o.j >= 1 AND a.sp > {BUCKET_S} * (o.j - 1)
@@ -444,9 +466,10 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
                    MAX(mem_mean) AS mem_mean, MAX(mem_max) AS mem_max,
                    MAX(pow_mean) AS pow_mean, MAX(energy) AS energy,
                    SUM(n_prof) AS n_prof, SUM(n_src) AS n_src
-            FROM u WHERE b >= tlo AND b < thi
+            FROM u
             GROUP BY gpu_id, b
         ) f
+        JOIN fw_isl i ON i.gpu_id = f.gpu_id AND f.b >= i.tlo AND f.b < i.thi
         LEFT JOIN alloc al ON al.gpu_id = f.gpu_id AND al.b = f.b
         """,
         [pad, pad, thr, MEM_HELD_MIB],
