@@ -157,7 +157,9 @@ def _latest_rollups(
     The database picks each GPU's newest bucket (MAX per GPU, then one probe of the (GPU,
     bucket) index each) rather than Python walking every bucket of those minutes."""
     since = int(now.timestamp()) - RECENT_S
-    newest = GpuRollup5m.objects.filter(bucket__gte=since)
+    # Rows with samples only: a bucket that has just begun can hold nothing but the time
+    # spilling over from the previous one's last sample, with no memory or power figures.
+    newest = GpuRollup5m.objects.filter(bucket__gte=since, samples__gt=0)
     if gpu_ids is not None:
         newest = newest.filter(
             gpu_id__in=gpu_ids if isinstance(gpu_ids, QuerySet) else list(gpu_ids)

@@ -212,6 +212,23 @@ def test_fleet_page_and_fragment_show_current_state(client, data):
     assert "80 %" in body
 
 
+def test_fleet_shows_the_newest_bucket_with_samples_not_a_spill_only_one(client, data):
+    from apps.telemetry.models import GpuRollup5m
+
+    newest = GpuRollup5m.objects.filter(gpu__node__hostname="gpu-east-01", gpu__index=0).latest(
+        "bucket"
+    )
+    # A new bucket has begun: so far it holds only the last sample's spill-over.
+    GpuRollup5m.objects.create(
+        gpu_id=newest.gpu_id, bucket=newest.bucket + 300, samples=0, covered_s=10.0,
+        missing_s=290.0, busy_s=8.0, idle_s=0.0, mem_held_idle_s=0.0,
+    )  # fmt: skip
+    assert client.login(username="admin", password=PASSWORD)
+    body = client.get(reverse("fleet-fragment"), {"cluster": "east"}).content.decode()
+    memory = f"{newest.mem_used_mean_mib / 1024:.1f} / 80 GiB"
+    assert memory in body
+
+
 def test_overview_capacity_chart_and_kpis(client, data):
     assert client.login(username="admin", password=PASSWORD)
     response = client.get(reverse("home"), {"range": "24h"})
