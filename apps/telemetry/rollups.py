@@ -560,6 +560,9 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
             JOIN (SELECT DISTINCT gpu_id, hour FROM fw_hour) h ON h.gpu_id = a.gpu_id
             JOIN {r5} r ON r.gpu_id = a.gpu_id
                  AND r.bucket >= h.hour AND r.bucket < h.hour + {HOUR_S}
+                 -- The same condition as an equality too (hours are whole): a hash join on
+                 -- (gpu, hour) rather than testing every hour of a GPU against every row.
+                 AND r.bucket - r.bucket %% {HOUR_S} = h.hour
                  AND r.bucket >= a.s AND r.bucket + {BUCKET_S} <= a.e
             GROUP BY a.allocation_id, a.gpu_id, r.bucket - r.bucket %% {HOUR_S}
         ) f ON f.allocation_id = x.allocation_id AND f.gpu_id = x.gpu_id AND f.hour = x.hour
