@@ -10,18 +10,24 @@ Run: ``python tests/bench/run.py rollup`` or directly with
 database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
 
-Measured 2026-11-29 on the 2-core box (load average ~1), defaults (9,897,000 samples): 320,000
-raw samples/s (31.0 s: prepare 2.0, 5-minute rows 24.5, hourly 2.2, daily 0.4, ~1.9 outside the
-timed steps, mostly the commit) against a 6.0 M/s ceiling, i.e. 5 %: both targets still missed.
-The same code before the single-key LEAD (2026-11-24 figures: 71,000-102,000/s on a loaded box)
-took 40.0 s on this quiet box, 5-minute statement 34.6 s. What remains is the 5-minute
-statement's per-sample work on one core, none of which a bare GROUP BY does: a hash join to the
-islands, an external sort of every sample (a larger work_mem does not help: 1 GB and 2 GB
-measured slower), the LEAD window over the sorted rows, the per-sample CASE expressions and ~20
-aggregates (EXPLAIN ANALYZE at 10 M, its own timing included: scan 1.9 s, join 2.0, sort 5.2,
-window 3.2, projections 3.9, hash aggregate 4.4, insert of 334,000 rows 4.5). INSERT ... SELECT
-never runs in parallel on PostgreSQL 15 while the ceiling's GROUP BY uses two workers; even a
-perfect two-core split of the rollup would stay under 1 M/s here.
+Measured 2026-11-29 on the 2-core box (load average ~1), defaults (9,897,000 samples), two
+runs: 391,000-407,000 raw samples/s (24.3-25.3 s: prepare 1.7-2.4, 5-minute rows 19.6,
+hourly 0.8, daily 0.4, ~1.8 outside the timed steps, mostly the commit and its deferred
+foreign-key checks of every new row) against a 6.1-6.9 M/s ceiling, i.e. 6 %: both targets
+still missed. The code of 2026-11-24 (71,000-102,000/s on a loaded box) spent 40.0 s inside
+the rollup transaction on the same rows on this quiet box, 34.6 s of it in the 5-minute
+statement and 2.3 s in the hourly one.
+
+What remains is that statement's per-sample work on one core, none of which a bare GROUP BY
+does: a hash join to the islands, an external sort of every sample (a larger work_mem does
+not help: 1 GB and 2 GB measured slower), the LEAD window over the sorted rows, the
+per-sample CASE expressions and ~20 aggregates (EXPLAIN ANALYZE at 10 M, its own timing
+included: scan 1.9 s, join 2.0, sort 5.2, window 3.2, projections 3.9, hash aggregate 4.4,
+insert of 334,000 rows 4.5). Inserting a 5-minute row costs ~7 us (four indexes, one of
+them the redundant single-column gpu_id index) plus ~3.5 us for its foreign-key check at
+commit. INSERT ... SELECT never runs in parallel on PostgreSQL 15 while the ceiling's GROUP
+BY uses two workers; even a perfect two-core split of the rollup would stay under 1 M/s
+here.
 """
 
 from __future__ import annotations
