@@ -8,6 +8,12 @@ works in its own database, ``<name>_ingest``, created afresh each run).
 
 Knobs (environment): BENCH_SECONDS (30), BENCH_CLIENTS (6), BENCH_WORKERS (gunicorn, 3),
 BENCH_NODES (48).
+
+Measured 2026-11-29 on the 2-core CI box with nothing else running (load average 0.8
+before; the load generator shares the two cores): 189,677 and 196,131 samples/s accepted,
+p50 30 ms, p99 53-55 ms per 1,000-sample batch, against a bare COPY ceiling of 361,000 and
+395,000 rows/s, i.e. 50-53 %: both targets met. On 2026-11-24, with other test runs keeping
+the load average at 4-6, the same benchmark gave 30,058 samples/s against 88,274 (34 %).
 """
 
 from __future__ import annotations
