@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from apps.fleet.models import Cluster, Gpu, Node
 from apps.telemetry.models import AllocationGpuHourly, UsageDaily, UsageHourly
-from apps.tenancy.models import Allocation, Project, Team
+from apps.tenancy.models import Allocation, Project
 
 if TYPE_CHECKING:
     from apps.chargeback.selectors import RateLookup
@@ -77,28 +77,23 @@ _Group = tuple[Any, int, str, str, int, float, float, float, float, float]
 def _hourly_groups(
     *,
     group: str,
-    spans: list[tuple[int, int]],
+    lo: int,
+    hi: int,
     projects: QuerySet[Project] | None,
     cluster: str | None,
     gpu_model: str | None,
 ) -> list[_Group]:
-    """Sums of the ``AllocationGpuHourly`` rows whose hour starts in one of ``spans``.
+    """Sums by allocation or GPU of the ``AllocationGpuHourly`` rows whose hour starts in
+    ``[lo, hi)`` (teams and projects read the usage rollups instead).
 
     The rows are summed per (allocation, GPU, day) first, on integer columns, and only those
-    few sums are joined to their allocation, project, team, GPU and node: joining every hourly
-    row to five tables and grouping them by text was most of a page's time. One statement,
-    the same on PostgreSQL and SQLite (the ORM cannot join onto an aggregate)."""
-    if not spans:
-        return []
+    few sums are joined to their GPU, node and cluster: joining every hourly row and grouping
+    them by text was most of a page's time. One statement, the same on PostgreSQL and SQLite
+    (the ORM cannot join onto an aggregate)."""
     hourly, gpu, node = (m._meta.db_table for m in (AllocationGpuHourly, Gpu, Node))
-    allocation, project, team = (m._meta.db_table for m in (Allocation, Project, Team))
     cluster_table = Cluster._meta.db_table
-    params: list[Any] = []
-    inner = []
-    for lo, hi in spans:
-        inner.append("(h.hour >= %s AND h.hour < %s)")
-        params += [lo, hi]
-    where = [f"({' OR '.join(inner)})"]
+    params: list[Any] = [lo, hi]
+    where = ["h.hour >= %s AND h.hour < %s"]
     if projects is not None:
         # Django writes the visibility subquery (it may be DISTINCT, ordered, or empty).
         try:
@@ -117,7 +112,7 @@ def _hourly_groups(
     if gpu_model:
         outer.append("COALESCE(parent.model_name, g.model_name) = %s")
         outer_params.append(gpu_model)
-    key = {"team": "t.slug", "project": "p.slug", "allocation": "s.allocation_id", "gpu": "g.uuid"}
+    key = {"allocation": "s.allocation_id", "gpu": "g.uuid"}
     sql = f"""
         SELECT {key[group]}, s.day, COALESCE(parent.model_name, g.model_name), g.mig_profile,
                n.cluster_id, SUM(s.allocated), SUM(s.observed), SUM(s.busy), SUM(s.idle),
@@ -131,9 +126,6 @@ def _hourly_groups(
             WHERE {" AND ".join(where)}
             GROUP BY h.allocation_id, h.gpu_id, h.hour / {DAY_S}
         ) s
-        JOIN {allocation} a ON a.id = s.allocation_id
-        JOIN {project} p ON p.id = a.project_id
-        JOIN {team} t ON t.id = p.team_id
         JOIN {gpu} g ON g.id = s.gpu_id
         LEFT JOIN {gpu} parent ON parent.id = g.mig_parent_id
         JOIN {node} n ON n.id = g.node_id
@@ -310,7 +302,7 @@ def efficiency_by(
                 items += _daily_groups(first_day=first_day, end_day=end_day, **filters)
         items += _usage_hourly_groups(spans=spans, **filters)
     elif lo < hi:
-        items += _hourly_groups(spans=[(lo, hi)], **filters)
+        items += _hourly_groups(lo=lo, hi=hi, **filters)
     seconds: dict[Any, list[float]] = defaultdict(lambda: [0.0] * 5)
     money: dict[Any, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     for key, day_number, model, mig_profile, cluster_id, *sums in items:
