@@ -29,6 +29,7 @@ from apps.telemetry.models import (
     UsageDaily,
     UsageHourly,
 )
+from apps.telemetry.rollups import spans_union
 from apps.telemetry.selectors import efficiency_by
 from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
 
@@ -383,16 +384,6 @@ class Heatmap:
 HEATMAP_MAX_GPUS = 64
 
 
-def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for lo, hi in sorted(spans):
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(lo, hi) for lo, hi in out]
-
-
 def project_heatmap(*, project: Project, filters: DashboardFilters) -> Heatmap:
     """Activity (%) of each GPU the project held, per bucket, only while the project held it."""
     bucket_s = filters.bucket_s(minimum=300)
@@ -425,7 +416,7 @@ def project_heatmap(*, project: Project, filters: DashboardFilters) -> Heatmap:
     # Each GPU's spans merged (a 5-minute row counts once), joined as a VALUES list: one
     # index range scan per span, and none of the ORM's cost of building and compiling a
     # hundred OR-ed filters (it was half of the project page).
-    spans = [(g, lo, hi) for g in gpu_ids for lo, hi in _merged(per_gpu[g]) if lo < hi]
+    spans = [(g, lo, hi) for g in gpu_ids for lo, hi in spans_union(per_gpu[g]) if lo < hi]
     if spans and buckets:
         values = ", ".join(["(%s, %s, %s)"] * len(spans))
         with connection.cursor() as cursor:

@@ -281,14 +281,15 @@ def _allocations_load(cursor, *, now_ts: int, lo: int, hi: int, open_hours: bool
     for _, gpu_id, s, e in spans:
         by_gpu[gpu_id].append((s, e))
     for gpu_id, pairs in by_gpu.items():
-        for s, e in _union(pairs):
+        for s, e in spans_union(pairs):
             merged.append((gpu_id, s, e))
     if merged:
         cursor.executemany("INSERT INTO fw_span (gpu_id, s, e) VALUES (%s, %s, %s)", merged)
     return len(spans)
 
 
-def _union(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def spans_union(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching ``[start, end)`` spans merged, sorted."""
     out: list[list[int]] = []
     for s, e in sorted(pairs):
         if out and s <= out[-1][1]:
@@ -727,7 +728,7 @@ def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
             if start >= hi:
                 continue
             allocated = sum(
-                max(0, min(e, hi) - max(s, start)) for s, e in _union(spans.get(gpu_id, []))
+                max(0, min(e, hi) - max(s, start)) for s, e in spans_union(spans.get(gpu_id, []))
             )
             key = (day_number, gpu["node__cluster_id"], gpu["model_name"])
             row = acc.setdefault(key, [0.0, 0.0, 0.0])
@@ -922,4 +923,5 @@ __all__ = [
     "idle_threshold",
     "rollups_prune",
     "rollups_run_pending",
+    "spans_union",
 ]
