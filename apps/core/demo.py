@@ -102,7 +102,8 @@ def demo_history_seed(*, days: int, progress: bool = True) -> dict[str, int]:
     now_ts = int(timezone.now().timestamp())
     end = now_ts - now_ts % HISTORY_INTERVAL_S
     start = end - days * 86_400
-    nodes = {node.hostname: node for node in Node.objects.filter(hostname__in=fleet_hostnames())}
+    hostnames = [node.hostname for node in fleet.nodes]
+    nodes = {node.hostname: node for node in Node.objects.filter(hostname__in=hostnames)}
     newest = (
         RawSample.objects.filter(gpu__node__in=nodes.values())
         .order_by("-ts")
@@ -166,12 +167,6 @@ def demo_pipeline_run(*, progress: bool = True) -> dict[str, str]:
             f"({found.resolved:,} since resolved)"
         ),
     }
-
-
-def fleet_hostnames() -> list[str]:
-    from agents.sim import demo_fleet
-
-    return [node.hostname for node in demo_fleet().nodes]
 
 
 def demo_node_tokens_issue(*, path: Path) -> int:
