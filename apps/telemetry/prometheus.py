@@ -584,8 +584,7 @@ def prometheus_range_import(
     if not 1 <= chunk_points <= MAX_POINTS:
         raise PrometheusImportError(f"chunk points must be 1..{MAX_POINTS}")
     now = now or datetime.now(tz=UTC)
-    first = -(-int(start.timestamp()) // step_s) * step_s  # ceil to the step
-    last = int(end.timestamp()) // step_s * step_s
+    first, last = _evaluation_bounds(start=start, end=end, step_s=step_s)
     result = ImportResult()
     if last < first:
         return result
@@ -626,10 +625,17 @@ def prometheus_range_import(
     return result
 
 
+def _evaluation_bounds(*, start: datetime, end: datetime, step_s: int) -> tuple[int, int]:
+    """The first and last multiples of the step inside ``[start, end]`` (last < first when
+    there is none)."""
+    first = -(-int(start.timestamp()) // step_s) * step_s  # ceil to the step
+    last = int(end.timestamp()) // step_s * step_s
+    return first, last
+
+
 def prometheus_points_count(*, start: datetime, end: datetime, step_s: int) -> int:
     """Evaluation times of a range (a progress bar's total)."""
-    first = -(-int(start.timestamp()) // step_s) * step_s
-    last = int(end.timestamp()) // step_s * step_s
+    first, last = _evaluation_bounds(start=start, end=end, step_s=step_s)
     return max(0, (last - first) // step_s + 1)
 
 
