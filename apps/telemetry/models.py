@@ -88,7 +88,18 @@ class RollupPending(models.Model):
 class GpuRollup5m(models.Model):
     """One GPU over one 5-minute bucket, whoever held it."""
 
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="rollups_5m")
+    # No database constraint and no index of its own, like RawSample's: the rollup writes a
+    # few hundred thousand rows at a time from GPU ids it has just read from fleet_gpu, and
+    # the constraint's check of every row at commit cost as much as 2 s per 334,000 rows;
+    # lookups by GPU use the (gpu, bucket) unique index. Deleting a GPU in Django still
+    # deletes its rows.
+    gpu = models.ForeignKey(
+        "fleet.Gpu",
+        on_delete=models.CASCADE,
+        related_name="rollups_5m",
+        db_constraint=False,
+        db_index=False,
+    )
     bucket = models.BigIntegerField(help_text="Bucket start, epoch seconds, a multiple of 300.")
     samples = models.IntegerField()
     covered_s = models.FloatField(help_text="Seconds with data (each sample up to 2 intervals).")
