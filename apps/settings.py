@@ -230,6 +230,11 @@ FLOPWATCH_HOURLY_RETENTION_DAYS = env.int("FLOPWATCH_HOURLY_RETENTION_DAYS", 400
 # Rollups: activity below this counts as idle; pending buckets recomputed per transaction.
 FLOPWATCH_IDLE_ACTIVITY = env.float("FLOPWATCH_IDLE_ACTIVITY", 0.01, minimum=0.0)
 FLOPWATCH_ROLLUP_CHUNK = env.int("FLOPWATCH_ROLLUP_CHUNK", 500_000, minimum=1)
+# 5-minute rows of samples on their node's interval grid without a sort (see rollups.py):
+# "auto" for large dense work (a backlog, an import), "always" or "never" (tests, debugging).
+FLOPWATCH_ROLLUP_GRID_PATH = env.choice(
+    "FLOPWATCH_ROLLUP_GRID_PATH", "auto", choices=("auto", "always", "never")
+)
 # Spread unallocated capacity over teams in proportion to their cost (else a platform row).
 FLOPWATCH_SPREAD_UNALLOCATED = env.bool("FLOPWATCH_SPREAD_UNALLOCATED", False)
 FLOPWATCH_DIGEST_PERIOD = env.choice(

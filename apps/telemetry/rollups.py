@@ -30,7 +30,9 @@ never incremented, so any number of runs, in any order, ends with the same rows.
 
 Every aggregation is one ``INSERT ... SELECT`` over all claimed buckets at once (window
 ``LEAD`` for durations, ``GROUP BY`` for buckets and hours), the same SQL on PostgreSQL and
-SQLite; Python only loops over allocations and days, never over samples.
+SQLite; Python only loops over allocations and days, never over samples. Large work on the
+nodes' interval grid takes the grid path instead of ``LEAD`` (see "Grid path" below): the
+same numbers without sorting the samples.
 """
 
 from __future__ import annotations
@@ -308,8 +310,325 @@ def _sql_fns() -> dict[str, str]:
     return {"least": "MIN", "greatest": "MAX", "fence": ""}
 
 
-def _gpu_5m_recompute(cursor, *, pad: int) -> int:
-    """Replace every ``GpuRollup5m`` row inside the islands with one computed from raw.
+# --- Grid path: 5-minute rows without sorting the samples --------------------------------
+# A sample's duration needs its successor, and finding successors means sorting every sample
+# by GPU and time: on PostgreSQL that sort and its window cost several times a bare GROUP BY
+# over the same rows. Agents sample on their node's interval grid, though, and a Prometheus
+# import lands on its step. Where every sample of a GPU in a bucket and in both neighbouring
+# buckets sits on the grid ``ts % interval == 0`` (an interval dividing 300 s; cap = 2 x
+# interval), a sample's successor is either the next grid point (duration = interval) or at
+# least two points later (duration = the cap). So one GROUP BY per (GPU, bucket) gives every
+# sum at one interval per sample plus a bitmap of the occupied grid points; the bitmap names
+# the samples whose next point is empty ("gap starters"), and those few are read back by key
+# to add their second interval. Buckets off the grid (and MIG instances reporting
+# gr_engine_active) go through the exact statement; both give the same numbers
+# (tests/telemetry/test_rollup_grid.py compares them on random data).
+
+# 300 / 5 = 60 grid points: a bucket's bitmap fits a signed 64-bit integer.
+_GRID_MIN_INTERVAL = 5
+
+_GRID_TABLES = {
+    "fw_isl0": "gpu_id bigint, tlo bigint, thi bigint",
+    "fw_agg": (
+        "gpu_id bigint, b bigint, step bigint, n bigint, offgrid bigint, bits bigint, "
+        "n_gr bigint, n_act bigint, s_act double precision, n_idle bigint, n_held bigint, "
+        "s_pow double precision, util_mean double precision, util_max double precision, "
+        "sm_mean double precision, mem_mean double precision, mem_max double precision, "
+        "pow_mean double precision, n_prof bigint, n_src bigint"
+    ),
+    "fw_cand": "gpu_id bigint, b bigint, step bigint, fast integer",
+    "fw_gsk": "gpu_id bigint, ts bigint, b_own bigint, b_land bigint, step bigint",
+    "fw_gs": (
+        "gpu_id bigint, b_own bigint, b_land bigint, step bigint, act double precision, "
+        "mem double precision, power double precision"
+    ),
+}
+_GRID_INDEXES = {"fw_agg": "(gpu_id, b)", "fw_cand": "(gpu_id, b)"}
+
+
+def _grid_groups(cursor) -> dict[int, list[int]]:
+    """GPUs of the islands that can take the grid path, by interval (cap / 2)."""
+    cursor.execute("SELECT DISTINCT g.gpu_id, g.cap FROM fw_gpu g JOIN fw_isl i USING (gpu_id)")
+    # SQLite sums the bits (see below); in an off-grid bucket up to ``step`` samples share
+    # one, and at 5 s that sum could pass 2^63, which SQLite reports as an error.
+    lowest = _GRID_MIN_INTERVAL if _pg() else 6
+    groups: dict[int, list[int]] = defaultdict(list)
+    for gpu_id, cap in cursor.fetchall():
+        step = int(cap) // 2
+        if int(cap) == 2 * step and lowest <= step <= BUCKET_S // 2 and BUCKET_S % step == 0:
+            groups[step].append(int(gpu_id))
+    return groups
+
+
+def _grid_wanted(cursor) -> bool:
+    """Whether to try the grid path: by setting, or on "auto" for large work whose islands
+    cover most of their common time range (the grid pass reads that whole range for every
+    GPU it takes, so one GPU's day-long backfill beside the others' last bucket would read
+    everyone's day; small work is cheap either way)."""
+    mode = getattr(settings, "FLOPWATCH_ROLLUP_GRID_PATH", "auto")
+    if mode != "auto":
+        return mode == "always"
+    cursor.execute("SELECT COUNT(DISTINCT gpu_id), SUM(thi - tlo), MIN(tlo), MAX(thi) FROM fw_isl")
+    gpus, covered, lo, hi = cursor.fetchone()
+    if not gpus or lo is None:
+        return False
+    return int(covered) >= 5000 * BUCKET_S and int(covered) >= 0.5 * (hi - lo) * gpus
+
+
+def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
+    """Write the 5-minute rows of the islands' grid buckets and leave in ``fw_isl`` only
+    islands of the rest (off-grid buckets, GPUs without a usable interval) for the exact
+    statement. The caller has deleted the old rows of the islands. Returns rows written."""
+    groups = _grid_groups(cursor)
+    if not groups:
+        return 0
+    for name, columns in _GRID_TABLES.items():
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+        cursor.execute(f"DELETE FROM {name}")
+    for name, columns in _GRID_INDEXES.items():
+        cursor.execute(f"CREATE INDEX IF NOT EXISTS {name}_idx ON {name} {columns}")
+    cursor.execute("INSERT INTO fw_isl0 (gpu_id, tlo, thi) SELECT gpu_id, tlo, thi FROM fw_isl")
+    pg = _pg()
+    fn = _sql_fns()
+    least, greatest, fence = fn["least"], fn["greatest"], fn["fence"]
+    if pg:
+        # Every join below is of a few hundred thousand rows with as many: hash joins.
+        # Temporary tables have no statistics until analysed, and PostgreSQL's guesses made
+        # it probe an index once per row (seconds instead of tenths).
+        cursor.execute("SET LOCAL enable_nestloop = off")
+    raw = _t(RawSample)
+    thr = idle_threshold()
+
+    def mean(column: str) -> str:
+        # As in the exact statement (SUM / COUNT is AVG without PostgreSQL's extra state).
+        return f"SUM({column}) / NULLIF(COUNT({column}), 0)" if pg else f"AVG({column})"
+
+    first = True
+    for step, gpu_ids in sorted(groups.items()):
+        ids = ", ".join(str(g) for g in gpu_ids)
+        cursor.execute(f"SELECT MIN(tlo), MAX(thi) FROM fw_isl WHERE gpu_id IN ({ids})")
+        lo, hi = cursor.fetchone()
+        bit = f"CAST(1 AS BIGINT) << CAST((ts %% {BUCKET_S}) / {step} AS INTEGER)"
+        # SQLite has no BIT_OR: a SUM of distinct powers of two is the same number (samples
+        # are unique per GPU and time; off-grid buckets, where two could share a bit, are
+        # never read from the bitmap).
+        bits = f"BIT_OR({bit})" if pg else f"SUM({bit})"
+        # bigint[] like the column: PostgreSQL hashes the list only for the same type (an
+        # int[] is searched element by element, 1,000 comparisons per sample).
+        gpu_filter = "gpu_id = ANY(CAST(%s AS bigint[]))" if pg else f"gpu_id IN ({ids})"
+        params: list = [thr, thr, MEM_HELD_MIB] + ([gpu_ids] if pg else [])
+        scan = _seq_scan_better(cursor, lo=int(lo) - pad, hi=int(hi) + pad)
+        if scan:
+            # One sequential pass rather than an index probe per GPU and time (see the
+            # exact statement).
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            cursor.execute("SET LOCAL enable_bitmapscan = off")
+        columns = (
+            "gpu_id, b, step, n, offgrid, bits, n_gr, n_act, s_act, n_idle, n_held, s_pow, "
+            "util_mean, util_max, sm_mean, mem_mean, mem_max, pow_mean, n_prof, n_src"
+        )
+        if pg and first:
+            # CREATE TABLE AS may run in parallel on PostgreSQL (INSERT ... SELECT never
+            # does, up to 15): the GROUP BY is split between the worker processes.
+            cursor.execute("DROP TABLE fw_agg")
+            into = f"CREATE TEMP TABLE fw_agg ({columns}) AS"
+        else:
+            into = f"INSERT INTO fw_agg ({columns})"
+        first = False
+        cursor.execute(
+            f"""
+            {into}
+            SELECT gpu_id, ts - ts %% {BUCKET_S}, {step}, COUNT(*),
+                   SUM(CASE WHEN ts %% {step} = 0 THEN 0 ELSE 1 END), {bits},
+                   COUNT(gr), COUNT(act), SUM(act),
+                   SUM(CASE WHEN act < %s THEN 1 ELSE 0 END),
+                   SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END),
+                   SUM(power), {mean("util_pct")}, MAX(util_pct), {mean("sm_active")},
+                   {mean("mem")}, MAX(mem), {mean("power")},
+                   SUM(prof), COUNT(prof)
+            FROM (
+                SELECT gpu_id, ts, util_pct, sm_active, gr_engine_active AS gr,
+                       COALESCE(sm_active, util_pct / 100.0) AS act,
+                       CASE WHEN sm_active IS NOT NULL THEN 1
+                            WHEN util_pct IS NOT NULL THEN 0 END AS prof,
+                       mem_used_mib AS mem, power_w AS power
+                FROM {raw}
+                WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {gpu_filter}
+            ) r
+            GROUP BY gpu_id, ts - ts %% {BUCKET_S}
+            """,
+            params,
+        )
+        if scan:
+            cursor.execute("SET LOCAL enable_indexscan = on")
+            cursor.execute("SET LOCAL enable_bitmapscan = on")
+    cursor.execute(f"CREATE INDEX IF NOT EXISTS fw_agg_idx ON fw_agg {_GRID_INDEXES['fw_agg']}")
+    _analyze(cursor, "fw_agg")
+
+    def clean(alias: str) -> str:
+        # No samples, or all on the grid and (MIG) without gr_engine_active, which would
+        # take precedence over sm_active in the activity.
+        return (
+            f"({alias}.gpu_id IS NULL OR ({alias}.offgrid = 0 AND (g.mig = 0 OR {alias}.n_gr = 0)))"
+        )
+
+    # Buckets with samples or reached by a predecessor's time, inside the islands; a bucket
+    # is on the grid path when it and both neighbours are clean.
+    cursor.execute(
+        f"""
+        INSERT INTO fw_cand (gpu_id, b, step, fast)
+        SELECT c.gpu_id, c.b, c.step,
+               CASE WHEN {clean("p")} AND {clean("a")} AND {clean("nx")} THEN 1 ELSE 0 END
+        FROM (SELECT gpu_id, b, step FROM fw_agg
+              UNION SELECT gpu_id, b + {BUCKET_S}, step FROM fw_agg) c
+        JOIN fw_gpu g ON g.gpu_id = c.gpu_id
+        JOIN fw_isl i ON i.gpu_id = c.gpu_id AND c.b >= i.tlo AND c.b < i.thi
+        LEFT JOIN fw_agg p ON p.gpu_id = c.gpu_id AND p.b = c.b - {BUCKET_S}
+        LEFT JOIN fw_agg a ON a.gpu_id = c.gpu_id AND a.b = c.b
+        LEFT JOIN fw_agg nx ON nx.gpu_id = c.gpu_id AND nx.b = c.b + {BUCKET_S}
+        """
+    )
+    # The rest, as islands cut to the original ones (whose old rows alone were deleted),
+    # replaces the grid GPUs' islands for the exact statement.
+    cursor.execute("DELETE FROM fw_src")
+    cursor.execute("DELETE FROM fw_pisl")
+    cursor.execute(
+        "INSERT INTO fw_src (gpu_id, bucket) SELECT gpu_id, b FROM fw_cand WHERE fast = 0"
+    )
+    _islands_build(cursor, src="fw_src", dst="fw_pisl", pad=0, gap=gap)
+    grid_ids = ", ".join(str(g) for ids in groups.values() for g in ids)
+    cursor.execute(f"DELETE FROM fw_isl WHERE gpu_id IN ({grid_ids})")
+    cursor.execute(
+        f"""
+        INSERT INTO fw_isl (gpu_id, tlo, thi)
+        SELECT s.gpu_id, {greatest}(s.tlo, o.tlo), {least}(s.thi, o.thi)
+        FROM fw_pisl s JOIN fw_isl0 o ON o.gpu_id = s.gpu_id AND s.tlo < o.thi AND s.thi > o.tlo
+        """
+    )
+    _analyze(cursor, "fw_cand", "fw_isl")
+    # Gap starters: occupied points whose next point (the next bucket's first for the last
+    # one) is empty; only clean buckets followed by a clean one are read from the bitmap,
+    # and only those whose time reaches a grid bucket.
+    cursor.execute("DELETE FROM fw_num")
+    cursor.executemany(
+        "INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(BUCKET_S // _GRID_MIN_INTERVAL)]
+    )
+    cursor.execute(
+        f"""
+        INSERT INTO fw_gsk (gpu_id, ts, b_own, b_land, step)
+        SELECT s.gpu_id, s.b + s.step * n.n, s.b,
+               (s.b + s.step * (n.n + 1)) - (s.b + s.step * (n.n + 1)) %% {BUCKET_S}, s.step
+        FROM (
+            SELECT a.gpu_id, a.b, a.step,
+                   a.bits & ~((a.bits >> 1)
+                              | ((COALESCE(nx.bits, 0) & 1)
+                                 << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs
+            FROM fw_agg a
+            JOIN fw_gpu g ON g.gpu_id = a.gpu_id
+            LEFT JOIN fw_agg nx ON nx.gpu_id = a.gpu_id AND nx.b = a.b + {BUCKET_S}
+            LEFT JOIN fw_cand c0 ON c0.gpu_id = a.gpu_id AND c0.b = a.b
+            LEFT JOIN fw_cand c1 ON c1.gpu_id = a.gpu_id AND c1.b = a.b + {BUCKET_S}
+            WHERE {clean("a")} AND {clean("nx")} AND (c0.fast = 1 OR c1.fast = 1)
+            {fence}
+        ) s
+        JOIN fw_num n ON n.n < {BUCKET_S} / s.step AND (s.gs >> CAST(n.n AS INTEGER)) & 1 = 1
+        WHERE s.gs <> 0
+        """,
+        [],
+    )
+    _analyze(cursor, "fw_gsk")
+    cursor.execute("SELECT MIN(ts), MAX(ts) FROM fw_gsk")
+    lo, hi = cursor.fetchone()
+    if lo is not None:
+        if pg:
+            # A probe by key per gap starter (they are few), or one pass when they are not.
+            cursor.execute("SET LOCAL enable_nestloop = on")
+        cursor.execute(
+            f"""
+            INSERT INTO fw_gs (gpu_id, b_own, b_land, step, act, mem, power)
+            SELECT k.gpu_id, k.b_own, k.b_land, k.step,
+                   COALESCE(x.sm_active, x.util_pct / 100.0), x.mem_used_mib, x.power_w
+            FROM fw_gsk k
+            JOIN {raw} x ON x.gpu_id = k.gpu_id AND x.ts = k.ts
+            WHERE x.ts >= {int(lo)} AND x.ts <= {int(hi)}
+            """
+        )
+        if pg:
+            cursor.execute("SET LOCAL enable_nestloop = off")
+    table = _t(GpuRollup5m)
+    cursor.execute(
+        f"""
+        INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s,
+            busy_s, idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean,
+            mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j, activity_source)
+        SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov, COALESCE(al.secs, 0),
+               f.busy, f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
+               f.mem_max, f.pow_mean, f.energy,
+               CASE WHEN f.n_prof > 0 AND f.n_src > f.n_prof THEN 'mixed'
+                    WHEN f.n_prof > 0 THEN 'sm_active'
+                    WHEN f.n_src > 0 THEN 'util' ELSE '' END
+        FROM (
+            SELECT c.gpu_id, c.b, COALESCE(a.n, 0) AS n,
+                   CAST(c.step * (COALESCE(a.n_act, 0) + COALESCE(xl.n_act, 0))
+                        AS DOUBLE PRECISION) AS cov,
+                   c.step * (COALESCE(a.s_act, 0) + COALESCE(xl.s_act, 0)) AS busy,
+                   CAST(c.step * (COALESCE(a.n_idle, 0) + COALESCE(xl.n_idle, 0))
+                        AS DOUBLE PRECISION) AS idle,
+                   CAST(c.step * (COALESCE(a.n_held, 0) + COALESCE(xl.n_held, 0))
+                        AS DOUBLE PRECISION) AS held,
+                   a.util_mean, a.util_max, a.sm_mean, a.mem_mean, a.mem_max, a.pow_mean,
+                   c.step * (a.s_pow + COALESCE(xo.s_pow, 0)) AS energy,
+                   COALESCE(a.n_prof, 0) AS n_prof, COALESCE(a.n_src, 0) AS n_src
+            FROM fw_cand c
+            LEFT JOIN fw_agg a ON a.gpu_id = c.gpu_id AND a.b = c.b
+            LEFT JOIN (
+                SELECT gpu_id, b_land, COUNT(act) AS n_act, SUM(act) AS s_act,
+                       SUM(CASE WHEN act < %s THEN 1 ELSE 0 END) AS n_idle,
+                       SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END) AS n_held
+                FROM fw_gs GROUP BY gpu_id, b_land
+            ) xl ON xl.gpu_id = c.gpu_id AND xl.b_land = c.b
+            LEFT JOIN (
+                SELECT gpu_id, b_own, SUM(power) AS s_pow FROM fw_gs GROUP BY gpu_id, b_own
+            ) xo ON xo.gpu_id = c.gpu_id AND xo.b_own = c.b
+            WHERE c.fast = 1 AND (a.gpu_id IS NOT NULL OR xl.gpu_id IS NOT NULL)
+              AND NOT EXISTS (SELECT 1 FROM fw_isl i WHERE i.gpu_id = c.gpu_id
+                              AND c.b >= i.tlo AND c.b < i.thi)
+        ) f
+        LEFT JOIN (
+            SELECT c.gpu_id, c.b,
+                   SUM({least}(m.e, c.b + {BUCKET_S}) - {greatest}(m.s, c.b)) AS secs
+            FROM fw_cand c
+            JOIN fw_span m ON m.gpu_id = c.gpu_id AND m.s < c.b + {BUCKET_S} AND m.e > c.b
+            WHERE c.fast = 1
+            GROUP BY c.gpu_id, c.b
+        ) al ON al.gpu_id = f.gpu_id AND al.b = f.b
+        """,
+        [thr, thr, MEM_HELD_MIB],
+    )
+    rows = cursor.rowcount
+    if pg:
+        cursor.execute("SET LOCAL enable_nestloop = on")
+    return rows
+
+
+def _gpu_5m_recompute(cursor, *, pad: int) -> tuple[int, int]:
+    """Replace every ``GpuRollup5m`` row inside the islands with one computed from raw:
+    grid buckets by the grid path when it is wanted, the rest by the exact statement.
+    Returns (rows written, of them by the grid path)."""
+    table = _t(GpuRollup5m)
+    cursor.execute(
+        f"""DELETE FROM {table} WHERE EXISTS (
+              SELECT 1 FROM fw_isl i WHERE i.gpu_id = {table}.gpu_id
+              AND {table}.bucket >= i.tlo AND {table}.bucket < i.thi)"""
+    )
+    grid_rows = 0
+    if _grid_wanted(cursor):
+        grid_rows = _grid_5m_insert(cursor, pad=pad, gap=BUCKET_S + 4 * pad)
+    return grid_rows + _exact_5m_insert(cursor, pad=pad), grid_rows
+
+
+def _exact_5m_insert(cursor, *, pad: int) -> int:
+    """Write the 5-minute rows of every bucket of the islands in ``fw_isl``.
 
     One pass over the samples: LEAD gives each sample its duration; the part inside its own
     bucket is aggregated per (GPU, bucket) together with the part spilling past the bucket's
@@ -317,11 +636,6 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
     following buckets at the aggregated level (a few hundred thousand rows, not millions).
     """
     table = _t(GpuRollup5m)
-    cursor.execute(
-        f"""DELETE FROM {table} WHERE EXISTS (
-              SELECT 1 FROM fw_isl i WHERE i.gpu_id = {table}.gpu_id
-              AND {table}.bucket >= i.tlo AND {table}.bucket < i.thi)"""
-    )
     fn = _sql_fns()
     least, greatest, fence = fn["least"], fn["greatest"], fn["fence"]
     cursor.execute("SELECT COALESCE(MAX(thi - tlo), 0) FROM fw_isl")
@@ -455,7 +769,8 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
             busy_s, idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean,
             mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j, activity_source)
         SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov, COALESCE(al.secs, 0),
-               f.busy, f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
+               -- A bucket whose samples carry no activity at all has no busy sum.
+               COALESCE(f.busy, 0), f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
                f.mem_max, f.pow_mean, f.energy,
                CASE WHEN f.n_prof > 0 AND f.n_src > f.n_prof THEN 'mixed'
                     WHEN f.n_prof > 0 THEN 'sm_active'
@@ -476,6 +791,10 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> int:
         [pad, pad, thr, MEM_HELD_MIB],
     )
     rows = cursor.rowcount
+    if rows < 0:
+        # SQLite's driver reports no count for a statement that starts with WITH.
+        cursor.execute("SELECT changes()")
+        rows = cursor.fetchone()[0]
     if scan:
         cursor.execute("SET LOCAL enable_indexscan = on")
         cursor.execute("SET LOCAL enable_bitmapscan = on")
@@ -784,7 +1103,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         _temp_tables_reset(cursor)
         claimed = _claim(cursor, limit=limit)
         if claimed == 0 and not tick:
-            return {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0}
+            return {"buckets": 0, "gpu_rows": 0, "grid_rows": 0, "hourly_rows": 0, "days": 0}
         cap = _gpus_load(cursor)
         k = max(1, -(-cap // BUCKET_S))
         kb = k * BUCKET_S
@@ -829,7 +1148,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         _analyze(cursor, "fw_claim", "fw_gpu", "fw_isl", "fw_hour", "fw_alloc", "fw_span")
         steps["prepare"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        gpu_rows = _gpu_5m_recompute(cursor, pad=kb)
+        gpu_rows, grid_rows = _gpu_5m_recompute(cursor, pad=kb)
         steps["gpu_5m"] = time.perf_counter() - mark
         mark = time.perf_counter()
         hourly_rows = _hourly_recompute(cursor, pad=kb, gap=gap)
@@ -855,6 +1174,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         return {
             "buckets": claimed,
             "gpu_rows": gpu_rows,
+            "grid_rows": grid_rows,
             "hourly_rows": hourly_rows,
             "days": len(days),
             "steps": steps,
@@ -870,8 +1190,8 @@ def rollups_run_pending(
     """Recompute every pending bucket and what depends on it, synchronously.
 
     Works in chunks of ``FLOPWATCH_ROLLUP_CHUNK`` pending buckets, one transaction each.
-    Returns a summary: buckets, gpu_rows, hourly_rows, days, chunks, seconds, and
-    ``busy: True`` when another worker held the lock (nothing done here; it does the work).
+    Returns a summary: buckets, gpu_rows (grid_rows of them by the grid path), hourly_rows,
+    days, chunks, seconds, and ``busy: True`` when another worker held the lock (nothing done here; it does the work).
     ``progress(done, total)`` is called after each chunk.
     """
     now = now or timezone.now()
@@ -879,7 +1199,14 @@ def rollups_run_pending(
     limit = chunk or int(getattr(settings, "FLOPWATCH_ROLLUP_CHUNK", 500_000))
     started = time.monotonic()
     total = RollupPending.objects.count()
-    summary: dict = {"buckets": 0, "gpu_rows": 0, "hourly_rows": 0, "days": 0, "chunks": 0}
+    summary: dict = {
+        "buckets": 0,
+        "gpu_rows": 0,
+        "grid_rows": 0,
+        "hourly_rows": 0,
+        "days": 0,
+        "chunks": 0,
+    }
     tick = True
     while True:
         result = _chunk_run(now_ts=now_ts, limit=limit, tick=tick)
@@ -888,7 +1215,7 @@ def rollups_run_pending(
             break
         tick = False
         summary["chunks"] += 1
-        for key in ("buckets", "gpu_rows", "hourly_rows", "days"):
+        for key in ("buckets", "gpu_rows", "grid_rows", "hourly_rows", "days"):
             summary[key] += result[key]
         for key, seconds in result.get("steps", {}).items():
             summary.setdefault("steps", {}).setdefault(key, 0.0)

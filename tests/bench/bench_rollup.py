@@ -154,16 +154,21 @@ def main() -> int:
         f"full rollup: {rollup_s:.2f} s, {rate:,.0f} raw samples/s "
         f"({summary['buckets']:,} pending buckets in {summary['chunks']} chunks -> "
         f"{GpuRollup5m.objects.count():,} 5-minute rows, "
-        f"{AllocationGpuHourly.objects.count():,} hourly rows); steps: {summary.get('steps')}"
+        f"{AllocationGpuHourly.objects.count():,} hourly rows, {summary['grid_rows']:,} 5-minute "
+        f"rows by the grid path); steps: {summary.get('steps')}"
     )
     timings = []
     with connection.cursor() as cursor:
         for _ in range(2):
             started = time.perf_counter()
+            # The outer query consumes every aggregate: with a bare COUNT(*) outside,
+            # PostgreSQL drops the unused ones and times only the grouping (1.7 s instead
+            # of 3.6 s here, which made the ceiling look twice as high as it is).
             cursor.execute(
-                """SELECT COUNT(*) FROM (
-                     SELECT gpu_id, ts - ts % 300 AS bucket, COUNT(*), AVG(util_pct),
-                            MAX(util_pct), AVG(sm_active), AVG(mem_used_mib), AVG(power_w)
+                """SELECT COUNT(*), SUM(n), SUM(u), SUM(um), SUM(sm), SUM(m), SUM(p) FROM (
+                     SELECT gpu_id, ts - ts % 300 AS bucket, COUNT(*) AS n, AVG(util_pct) AS u,
+                            MAX(util_pct) AS um, AVG(sm_active) AS sm,
+                            AVG(mem_used_mib) AS m, AVG(power_w) AS p
                      FROM telemetry_rawsample GROUP BY gpu_id, ts - ts % 300) x"""
             )
             cursor.fetchone()
