@@ -327,37 +327,46 @@ def _sql_fns() -> dict[str, str]:
 # 300 / 5 = 60 grid points: a bucket's bitmap fits a signed 64-bit integer.
 _GRID_MIN_INTERVAL = 5
 
+_GRID_AGG_COLUMNS = (
+    "gpu_id, b, step, n, ok, bits, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, "
+    "sm_mean, mem_mean, mem_max, pow_mean, n_prof, n_src, pb, pok, nb, nok, nbits"
+)
 _GRID_TABLES = {
     "fw_isl0": "gpu_id bigint, tlo bigint, thi bigint",
     "fw_agg": (
-        "gpu_id bigint, b bigint, step bigint, n bigint, offgrid bigint, bits bigint, "
-        "n_gr bigint, n_act bigint, s_act double precision, n_idle bigint, n_held bigint, "
+        "gpu_id bigint, b bigint, step bigint, n bigint, ok integer, bits bigint, "
+        "n_act bigint, s_act double precision, n_idle bigint, n_held bigint, "
         "s_pow double precision, util_mean double precision, util_max double precision, "
         "sm_mean double precision, mem_mean double precision, mem_max double precision, "
-        "pow_mean double precision, n_prof bigint, n_src bigint"
+        "pow_mean double precision, n_prof bigint, n_src bigint, pb bigint, pok integer, "
+        "nb bigint, nok integer, nbits bigint"
     ),
-    "fw_cand": "gpu_id bigint, b bigint, step bigint, fast integer",
     "fw_gsk": "gpu_id bigint, ts bigint, b_own bigint, b_land bigint, step bigint",
     "fw_gs": (
         "gpu_id bigint, b_own bigint, b_land bigint, step bigint, act double precision, "
         "mem double precision, power double precision"
     ),
 }
-_GRID_INDEXES = {"fw_agg": "(gpu_id, b)", "fw_cand": "(gpu_id, b)"}
 
 
-def _grid_groups(cursor) -> dict[int, list[int]]:
-    """GPUs of the islands that can take the grid path, by interval (cap / 2)."""
-    cursor.execute("SELECT DISTINCT g.gpu_id, g.cap FROM fw_gpu g JOIN fw_isl i USING (gpu_id)")
+def _grid_groups(cursor) -> tuple[dict[int, list[int]], list[int]]:
+    """GPUs of the islands that can take the grid path, by interval (cap / 2); and which of
+    them are MIG instances."""
+    cursor.execute(
+        "SELECT DISTINCT g.gpu_id, g.cap, g.mig FROM fw_gpu g JOIN fw_isl i USING (gpu_id)"
+    )
     # SQLite sums the bits (see below); in an off-grid bucket up to ``step`` samples share
     # one, and at 5 s that sum could pass 2^63, which SQLite reports as an error.
     lowest = _GRID_MIN_INTERVAL if _pg() else 6
     groups: dict[int, list[int]] = defaultdict(list)
-    for gpu_id, cap in cursor.fetchall():
+    mig: list[int] = []
+    for gpu_id, cap, is_mig in cursor.fetchall():
         step = int(cap) // 2
         if int(cap) == 2 * step and lowest <= step <= BUCKET_S // 2 and BUCKET_S % step == 0:
             groups[step].append(int(gpu_id))
-    return groups
+            if is_mig:
+                mig.append(int(gpu_id))
+    return groups, mig
 
 
 def _grid_wanted(cursor) -> bool:
@@ -379,29 +388,37 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     """Write the 5-minute rows of the islands' grid buckets and leave in ``fw_isl`` only
     islands of the rest (off-grid buckets, GPUs without a usable interval) for the exact
     statement. The caller has deleted the old rows of the islands. Returns rows written."""
-    groups = _grid_groups(cursor)
+    groups, mig = _grid_groups(cursor)
     if not groups:
         return 0
+    pg = _pg()
     for name, columns in _GRID_TABLES.items():
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
         cursor.execute(f"DELETE FROM {name}")
-    for name, columns in _GRID_INDEXES.items():
-        cursor.execute(f"CREATE INDEX IF NOT EXISTS {name}_idx ON {name} {columns}")
     cursor.execute("INSERT INTO fw_isl0 (gpu_id, tlo, thi) SELECT gpu_id, tlo, thi FROM fw_isl")
-    pg = _pg()
     fn = _sql_fns()
-    least, greatest, fence = fn["least"], fn["greatest"], fn["fence"]
+    least, greatest = fn["least"], fn["greatest"]
     if pg:
-        # Every join below is of a few hundred thousand rows with as many: hash joins.
-        # Temporary tables have no statistics until analysed, and PostgreSQL's guesses made
-        # it probe an index once per row (seconds instead of tenths).
+        # Every join below is of a few hundred thousand rows with a thousand or as many:
+        # hash joins, each table read once. PostgreSQL's guesses for temporary tables
+        # otherwise lead it to probe indexes or merge over sorts, seconds instead of tenths.
         cursor.execute("SET LOCAL enable_nestloop = off")
+        cursor.execute("SET LOCAL enable_mergejoin = off")
     raw = _t(RawSample)
     thr = idle_threshold()
 
     def mean(column: str) -> str:
         # As in the exact statement (SUM / COUNT is AVG without PostgreSQL's extra state).
         return f"SUM({column}) / NULLIF(COUNT({column}), 0)" if pg else f"AVG({column})"
+
+    def id_list(ids: list[int]) -> tuple[str, list]:
+        # bigint[] like the column: PostgreSQL hashes a long list only for the same type
+        # (an int[] is searched element by element, 1,000 comparisons per sample).
+        if not ids:
+            return "1 = 0", []
+        if pg:
+            return "gpu_id = ANY(CAST(%s AS bigint[]))", [ids]
+        return f"gpu_id IN ({', '.join(str(i) for i in ids)})", []
 
     first = True
     for step, gpu_ids in sorted(groups.items()):
@@ -413,87 +430,88 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         # are unique per GPU and time; off-grid buckets, where two could share a bit, are
         # never read from the bitmap).
         bits = f"BIT_OR({bit})" if pg else f"SUM({bit})"
-        # bigint[] like the column: PostgreSQL hashes the list only for the same type (an
-        # int[] is searched element by element, 1,000 comparisons per sample).
-        gpu_filter = "gpu_id = ANY(CAST(%s AS bigint[]))" if pg else f"gpu_id IN ({ids})"
-        params: list = [thr, thr, MEM_HELD_MIB] + ([gpu_ids] if pg else [])
+        in_group, group_params = id_list(gpu_ids)
+        is_mig, mig_params = id_list([g for g in gpu_ids if g in set(mig)])
         scan = _seq_scan_better(cursor, lo=int(lo) - pad, hi=int(hi) + pad)
         if scan:
             # One sequential pass rather than an index probe per GPU and time (see the
             # exact statement).
             cursor.execute("SET LOCAL enable_indexscan = off")
             cursor.execute("SET LOCAL enable_bitmapscan = off")
-        columns = (
-            "gpu_id, b, step, n, offgrid, bits, n_gr, n_act, s_act, n_idle, n_held, s_pow, "
-            "util_mean, util_max, sm_mean, mem_mean, mem_max, pow_mean, n_prof, n_src"
-        )
         if pg and first:
             # CREATE TABLE AS may run in parallel on PostgreSQL (INSERT ... SELECT never
             # does, up to 15): the GROUP BY is split between the worker processes.
             cursor.execute("DROP TABLE fw_agg")
-            into = f"CREATE TEMP TABLE fw_agg ({columns}) AS"
+            into = f"CREATE TEMP TABLE fw_agg ({_GRID_AGG_COLUMNS}) AS"
         else:
-            into = f"INSERT INTO fw_agg ({columns})"
+            into = f"INSERT INTO fw_agg ({_GRID_AGG_COLUMNS})"
         first = False
+        # Per (GPU, bucket): sums at one interval per sample, the bitmap, whether the bucket
+        # is clean (every sample on the grid; on a MIG instance, no gr_engine_active, which
+        # would come before sm_active in the activity), and its neighbours' bucket, clean
+        # flag and bitmap.
         cursor.execute(
             f"""
             {into}
-            SELECT gpu_id, ts - ts %% {BUCKET_S}, {step}, COUNT(*),
-                   SUM(CASE WHEN ts %% {step} = 0 THEN 0 ELSE 1 END), {bits},
-                   COUNT(gr), COUNT(act), SUM(act),
-                   SUM(CASE WHEN act < %s THEN 1 ELSE 0 END),
-                   SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END),
-                   SUM(power), {mean("util_pct")}, MAX(util_pct), {mean("sm_active")},
-                   {mean("mem")}, MAX(mem), {mean("power")},
-                   SUM(prof), COUNT(prof)
+            SELECT q.*,
+                   LAG(b) OVER w, LAG(ok) OVER w, LEAD(b) OVER w, LEAD(ok) OVER w,
+                   LEAD(bits) OVER w
             FROM (
-                SELECT gpu_id, ts, util_pct, sm_active, gr_engine_active AS gr,
-                       COALESCE(sm_active, util_pct / 100.0) AS act,
-                       CASE WHEN sm_active IS NOT NULL THEN 1
-                            WHEN util_pct IS NOT NULL THEN 0 END AS prof,
-                       mem_used_mib AS mem, power_w AS power
-                FROM {raw}
-                WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {gpu_filter}
-            ) r
-            GROUP BY gpu_id, ts - ts %% {BUCKET_S}
+                SELECT gpu_id, ts - ts %% {BUCKET_S} AS b, {step} AS step, COUNT(*) AS n,
+                       CASE WHEN SUM(CASE WHEN ts %% {step} = 0 THEN 0 ELSE 1 END) = 0
+                                 AND (COUNT(gr) = 0 OR NOT ({is_mig})) THEN 1
+                            ELSE 0 END AS ok,
+                       {bits} AS bits, COUNT(act), SUM(act),
+                       SUM(CASE WHEN act < %s THEN 1 ELSE 0 END),
+                       SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END),
+                       SUM(power), {mean("util_pct")}, MAX(util_pct), {mean("sm_active")},
+                       {mean("mem")}, MAX(mem), {mean("power")},
+                       SUM(prof), COUNT(prof)
+                FROM (
+                    SELECT gpu_id, ts, util_pct, sm_active, gr_engine_active AS gr,
+                           COALESCE(sm_active, util_pct / 100.0) AS act,
+                           CASE WHEN sm_active IS NOT NULL THEN 1
+                                WHEN util_pct IS NOT NULL THEN 0 END AS prof,
+                           mem_used_mib AS mem, power_w AS power
+                    FROM {raw}
+                    WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
+                ) r
+                GROUP BY gpu_id, ts - ts %% {BUCKET_S}
+            ) q
+            WINDOW w AS (PARTITION BY gpu_id ORDER BY b)
             """,
-            params,
+            [*mig_params, thr, thr, MEM_HELD_MIB, *group_params],
         )
         if scan:
             cursor.execute("SET LOCAL enable_indexscan = on")
             cursor.execute("SET LOCAL enable_bitmapscan = on")
-    cursor.execute(f"CREATE INDEX IF NOT EXISTS fw_agg_idx ON fw_agg {_GRID_INDEXES['fw_agg']}")
     _analyze(cursor, "fw_agg")
 
-    def clean(alias: str) -> str:
-        # No samples, or all on the grid and (MIG) without gr_engine_active, which would
-        # take precedence over sm_active in the activity.
-        return (
-            f"({alias}.gpu_id IS NULL OR ({alias}.offgrid = 0 AND (g.mig = 0 OR {alias}.n_gr = 0)))"
-        )
-
-    # Buckets with samples or reached by a predecessor's time, inside the islands; a bucket
-    # is on the grid path when it and both neighbours are clean.
-    cursor.execute(
-        f"""
-        INSERT INTO fw_cand (gpu_id, b, step, fast)
-        SELECT c.gpu_id, c.b, c.step,
-               CASE WHEN {clean("p")} AND {clean("a")} AND {clean("nx")} THEN 1 ELSE 0 END
-        FROM (SELECT gpu_id, b, step FROM fw_agg
-              UNION SELECT gpu_id, b + {BUCKET_S}, step FROM fw_agg) c
-        JOIN fw_gpu g ON g.gpu_id = c.gpu_id
-        JOIN fw_isl i ON i.gpu_id = c.gpu_id AND c.b >= i.tlo AND c.b < i.thi
-        LEFT JOIN fw_agg p ON p.gpu_id = c.gpu_id AND p.b = c.b - {BUCKET_S}
-        LEFT JOIN fw_agg a ON a.gpu_id = c.gpu_id AND a.b = c.b
-        LEFT JOIN fw_agg nx ON nx.gpu_id = c.gpu_id AND nx.b = c.b + {BUCKET_S}
-        """
-    )
-    # The rest, as islands cut to the original ones (whose old rows alone were deleted),
-    # replaces the grid GPUs' islands for the exact statement.
+    # The candidates: every bucket with samples, and the empty bucket after one (its last
+    # sample's time may reach it), inside the islands (whose old rows alone were deleted).
+    # A bucket takes the grid path when it and both neighbours are clean (no samples is
+    # clean).
+    prev_clean = f"(a.pb IS NULL OR a.pb <> a.b - {BUCKET_S} OR a.pok = 1)"
+    next_clean = f"(a.nb IS NULL OR a.nb <> a.b + {BUCKET_S} OR a.nok = 1)"
+    after_next_clean = f"(a.nb IS NULL OR a.nb <> a.b + {2 * BUCKET_S} OR a.nok = 1)"
+    next_empty = f"(a.nb IS NULL OR a.nb <> a.b + {BUCKET_S})"
+    inside = "JOIN fw_isl0 o ON o.gpu_id = a.gpu_id AND {b} >= o.tlo AND {b} < o.thi"
+    candidates = f"""
+        SELECT a.gpu_id, a.b, a.step, 1 AS has_row,
+               CASE WHEN a.ok = 1 AND {prev_clean} AND {next_clean} THEN 1 ELSE 0 END AS fast
+        FROM fw_agg a {inside.format(b="a.b")}
+        UNION ALL
+        SELECT a.gpu_id, a.b + {BUCKET_S}, a.step, 0,
+               CASE WHEN a.ok = 1 AND {after_next_clean} THEN 1 ELSE 0 END
+        FROM fw_agg a {inside.format(b=f"a.b + {BUCKET_S}")}
+        WHERE {next_empty}
+    """
+    # The rest, as islands cut to the original ones, replaces the grid GPUs' islands for
+    # the exact statement.
     cursor.execute("DELETE FROM fw_src")
     cursor.execute("DELETE FROM fw_pisl")
     cursor.execute(
-        "INSERT INTO fw_src (gpu_id, bucket) SELECT gpu_id, b FROM fw_cand WHERE fast = 0"
+        f"INSERT INTO fw_src (gpu_id, bucket) SELECT gpu_id, b FROM ({candidates}) c WHERE fast = 0"
     )
     _islands_build(cursor, src="fw_src", dst="fw_pisl", pad=0, gap=gap)
     grid_ids = ", ".join(str(g) for ids in groups.values() for g in ids)
@@ -505,10 +523,9 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         FROM fw_pisl s JOIN fw_isl0 o ON o.gpu_id = s.gpu_id AND s.tlo < o.thi AND s.thi > o.tlo
         """
     )
-    _analyze(cursor, "fw_cand", "fw_isl")
+    _analyze(cursor, "fw_isl")
     # Gap starters: occupied points whose next point (the next bucket's first for the last
-    # one) is empty; only clean buckets followed by a clean one are read from the bitmap,
-    # and only those whose time reaches a grid bucket.
+    # one) is empty, read from the bitmap of clean buckets followed by a clean one.
     cursor.execute("DELETE FROM fw_num")
     cursor.executemany(
         "INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(BUCKET_S // _GRID_MIN_INTERVAL)]
@@ -521,15 +538,10 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         FROM (
             SELECT a.gpu_id, a.b, a.step,
                    a.bits & ~((a.bits >> 1)
-                              | ((COALESCE(nx.bits, 0) & 1)
+                              | ((CASE WHEN a.nb = a.b + {BUCKET_S} THEN a.nbits ELSE 0 END & 1)
                                  << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs
             FROM fw_agg a
-            JOIN fw_gpu g ON g.gpu_id = a.gpu_id
-            LEFT JOIN fw_agg nx ON nx.gpu_id = a.gpu_id AND nx.b = a.b + {BUCKET_S}
-            LEFT JOIN fw_cand c0 ON c0.gpu_id = a.gpu_id AND c0.b = a.b
-            LEFT JOIN fw_cand c1 ON c1.gpu_id = a.gpu_id AND c1.b = a.b + {BUCKET_S}
-            WHERE {clean("a")} AND {clean("nx")} AND (c0.fast = 1 OR c1.fast = 1)
-            {fence}
+            WHERE a.ok = 1 AND {next_clean}
         ) s
         JOIN fw_num n ON n.n < {BUCKET_S} / s.step AND (s.gs >> CAST(n.n AS INTEGER)) & 1 = 1
         WHERE s.gs <> 0
@@ -555,9 +567,17 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         )
         if pg:
             cursor.execute("SET LOCAL enable_nestloop = off")
+    # Rows: the bucket's own sums plus its gap starters' second interval (energy goes to
+    # the sample's own bucket, its whole duration, as in the exact statement).
     table = _t(GpuRollup5m)
     cursor.execute(
         f"""
+        WITH c AS (
+            SELECT c.gpu_id, c.b, c.step, c.has_row FROM ({candidates}) c
+            WHERE c.fast = 1 AND NOT EXISTS (
+                SELECT 1 FROM fw_isl i WHERE i.gpu_id = c.gpu_id
+                AND c.b >= i.tlo AND c.b < i.thi)
+        )
         INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s,
             busy_s, idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean,
             mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j, activity_source)
@@ -579,8 +599,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                    a.util_mean, a.util_max, a.sm_mean, a.mem_mean, a.mem_max, a.pow_mean,
                    c.step * (a.s_pow + COALESCE(xo.s_pow, 0)) AS energy,
                    COALESCE(a.n_prof, 0) AS n_prof, COALESCE(a.n_src, 0) AS n_src
-            FROM fw_cand c
-            LEFT JOIN fw_agg a ON a.gpu_id = c.gpu_id AND a.b = c.b
+            FROM c
+            LEFT JOIN fw_agg a ON c.has_row = 1 AND a.gpu_id = c.gpu_id AND a.b = c.b
             LEFT JOIN (
                 SELECT gpu_id, b_land, COUNT(act) AS n_act, SUM(act) AS s_act,
                        SUM(CASE WHEN act < %s THEN 1 ELSE 0 END) AS n_idle,
@@ -590,24 +610,25 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             LEFT JOIN (
                 SELECT gpu_id, b_own, SUM(power) AS s_pow FROM fw_gs GROUP BY gpu_id, b_own
             ) xo ON xo.gpu_id = c.gpu_id AND xo.b_own = c.b
-            WHERE c.fast = 1 AND (a.gpu_id IS NOT NULL OR xl.gpu_id IS NOT NULL)
-              AND NOT EXISTS (SELECT 1 FROM fw_isl i WHERE i.gpu_id = c.gpu_id
-                              AND c.b >= i.tlo AND c.b < i.thi)
+            WHERE c.has_row = 1 OR xl.gpu_id IS NOT NULL
         ) f
         LEFT JOIN (
             SELECT c.gpu_id, c.b,
                    SUM({least}(m.e, c.b + {BUCKET_S}) - {greatest}(m.s, c.b)) AS secs
-            FROM fw_cand c
+            FROM c
             JOIN fw_span m ON m.gpu_id = c.gpu_id AND m.s < c.b + {BUCKET_S} AND m.e > c.b
-            WHERE c.fast = 1
             GROUP BY c.gpu_id, c.b
         ) al ON al.gpu_id = f.gpu_id AND al.b = f.b
         """,
         [thr, thr, MEM_HELD_MIB],
     )
     rows = cursor.rowcount
+    if rows < 0:
+        cursor.execute("SELECT changes()")
+        rows = cursor.fetchone()[0]
     if pg:
         cursor.execute("SET LOCAL enable_nestloop = on")
+        cursor.execute("SET LOCAL enable_mergejoin = on")
     return rows
 
 

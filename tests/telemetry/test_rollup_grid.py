@@ -91,6 +91,9 @@ def _random_fleet(seed: int) -> None:
         fields = {"util_pct": value("util"), "mem_used_mib": value("mem"), "power_w": value("p")}
         if gpu != g10[0]:
             fields["sm_active"] = value("sm")
+        if gpu == g10[2]:
+            # DCGM reports gr_engine_active for whole GPUs too; only MIG activity uses it.
+            fields["gr_engine_active"] = value("sm")
         samples(gpu, offsets, **fields)
     samples(
         g15[0],
