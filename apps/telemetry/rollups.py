@@ -431,7 +431,6 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         # never read from the bitmap).
         bits = f"BIT_OR({bit})" if pg else f"SUM({bit})"
         in_group, group_params = id_list(gpu_ids)
-        is_mig, mig_params = id_list([g for g in gpu_ids if g in set(mig)])
         scan = _seq_scan_better(cursor, lo=int(lo) - pad, hi=int(hi) + pad)
         if scan:
             # One sequential pass rather than an index probe per GPU and time (see the
@@ -450,28 +449,39 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         # is clean (every sample on the grid; on a MIG instance, no gr_engine_active, which
         # would come before sm_active in the activity), and its neighbours' bucket, clean
         # flag and bitmap.
+        # gr_engine_active is counted only where a MIG instance could use it.
+        group_mig = [g for g in gpu_ids if g in set(mig)]
+        mig_clean, mig_params = "1 = 1", []
+        if group_mig:
+            is_mig, mig_params = id_list(group_mig)
+            mig_clean = f"(COUNT(gr) = 0 OR NOT ({is_mig}))"
         cursor.execute(
             f"""
             {into}
-            SELECT q.*,
+            SELECT gpu_id, b, step, n, ok, bits, n_act, s_act, idle_held %% 1000,
+                   idle_held / 1000, s_pow, util_mean, util_max, sm_mean, mem_mean, mem_max,
+                   pow_mean, n_prof, n_act,
                    LAG(b) OVER w, LAG(ok) OVER w, LEAD(b) OVER w, LEAD(ok) OVER w,
                    LEAD(bits) OVER w
             FROM (
                 SELECT gpu_id, ts - ts %% {BUCKET_S} AS b, {step} AS step, COUNT(*) AS n,
-                       CASE WHEN SUM(CASE WHEN ts %% {step} = 0 THEN 0 ELSE 1 END) = 0
-                                 AND (COUNT(gr) = 0 OR NOT ({is_mig})) THEN 1
+                       CASE WHEN MAX(ts %% {step}) = 0 AND {mig_clean} THEN 1
                             ELSE 0 END AS ok,
-                       {bits} AS bits, COUNT(act), SUM(act),
-                       SUM(CASE WHEN act < %s THEN 1 ELSE 0 END),
-                       SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END),
-                       SUM(power), {mean("util_pct")}, MAX(util_pct), {mean("sm_active")},
-                       {mean("mem")}, MAX(mem), {mean("power")},
-                       SUM(prof), COUNT(prof)
+                       {bits} AS bits, COUNT(act) AS n_act, SUM(act) AS s_act,
+                       -- Idle samples count 1, idle ones holding memory 1001: one sum
+                       -- carries both counts (a bucket has fewer than 1000 samples).
+                       SUM(CASE WHEN act < %s THEN CASE WHEN mem > %s THEN 1001 ELSE 1 END
+                                ELSE 0 END) AS idle_held,
+                       SUM(power) AS s_pow, {mean("util_pct")} AS util_mean,
+                       MAX(util_pct) AS util_max, {mean("sm_active")} AS sm_mean,
+                       {mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
+                       {mean("power")} AS pow_mean,
+                       -- Profiling activity where sm_active is present, NVML's otherwise
+                       -- (a sample has activity from one or the other: n_act).
+                       COUNT(sm_active) AS n_prof
                 FROM (
                     SELECT gpu_id, ts, util_pct, sm_active, gr_engine_active AS gr,
                            COALESCE(sm_active, util_pct / 100.0) AS act,
-                           CASE WHEN sm_active IS NOT NULL THEN 1
-                                WHEN util_pct IS NOT NULL THEN 0 END AS prof,
                            mem_used_mib AS mem, power_w AS power
                     FROM {raw}
                     WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
@@ -480,7 +490,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             ) q
             WINDOW w AS (PARTITION BY gpu_id ORDER BY b)
             """,
-            [*mig_params, thr, thr, MEM_HELD_MIB, *group_params],
+            [*mig_params, thr, MEM_HELD_MIB, *group_params],
         )
         if scan:
             cursor.execute("SET LOCAL enable_indexscan = on")
