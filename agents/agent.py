@@ -9,6 +9,7 @@ drive the loop tick by tick without sleeping.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -182,10 +183,15 @@ class Agent:
                 break
         return sent
 
-    def tick(self, *, now: float | None = None, force_seal: bool = False) -> None:
-        """One sampling step: sample, seal if due, flush if due, log stats now and then."""
+    def tick(
+        self, *, now: float | None = None, stamp: float | None = None, force_seal: bool = False
+    ) -> None:
+        """One sampling step: sample, seal if due, flush if due, log stats now and then.
+
+        ``stamp`` is the time the readings carry (the scheduled grid instant), ``now`` by
+        default."""
         now = self.clock() if now is None else now
-        self.sample(now=now)
+        self.sample(now=now if stamp is None else stamp)
         self.seal(now=now, force=force_seal)
         try:
             self.flush(now=now)
@@ -210,10 +216,18 @@ class Agent:
         ticks = 0
         # A replay at speed 0 ticks back to back instead of once per interval.
         pace = 0.0 if getattr(self.source, "fast", False) else self.interval_s
+        if pace:
+            # Sample on the interval grid, multiples of the interval since the epoch, like
+            # Prometheus aligning scrape timestamps: every node's samples line up, and the
+            # server sums samples on the grid without sorting them (rollups, "Grid path").
+            next_sample = math.ceil(next_sample / pace) * pace
         while not stop.is_set():
             now = self.clock()
             if now >= next_sample:
-                self.tick(now=now)
+                # An on-time tick (a few milliseconds late) carries its grid instant; a late
+                # one (a suspend, a slow source) its own time.
+                on_time = pace and now - next_sample < pace / 2
+                self.tick(now=now, stamp=next_sample if on_time else None)
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
                     break

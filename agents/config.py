@@ -111,7 +111,12 @@ OPTIONS: tuple[Option, ...] = (
         "node token sent as 'Authorization: Bearer'; prefer the env var or TOML file (required unless --dry-run)",
     ),
     Option("source", _choice(*SOURCES), "nvml", "where readings come from: " + ", ".join(SOURCES)),
-    Option("interval", _positive_float, 10.0, "seconds between samples"),
+    Option(
+        "interval",
+        _positive_float,
+        10.0,
+        "seconds between samples, taken on multiples of it since the epoch (a 10 s agent samples at :00, :10, ...)",
+    ),
     Option(
         "batch_seconds",
         _positive_float,

@@ -305,3 +305,35 @@ def test_spool_counts_kept_in_memory_match_the_table(tmp_path):
     reopened = Spool(path=path)
     assert memory(reopened) == table(reopened)
     reopened.close()
+
+
+class RecordingSource(CountingSource):
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def read(self, *, now: float):
+        self.stamps.append(now)
+        return super().read(now=now)
+
+
+def test_ticks_land_on_the_interval_grid(tmp_path):
+    """Samples carry multiples of the interval (what the rollup's grid path sums without a
+    sort), though the clock starts anywhere and every wake-up is a little late; a tick
+    that fell far behind keeps its own time."""
+    source = RecordingSource()
+    spool = Spool(path=tmp_path / "spool.sqlite", max_bytes=2**20)
+    t = [1_800_000_003.7]
+
+    def wait(seconds: float) -> None:
+        t[0] += seconds + 0.004  # the scheduler's lateness
+        if len(source.stamps) == 3:
+            t[0] += 7  # a stall: the fourth tick runs 7 s late
+
+    agent = Agent(
+        node="n1", source=source, spool=spool, pusher=None, interval_s=10, clock=lambda: t[0]
+    )
+    agent.run(wait=wait, max_ticks=5)
+    assert source.stamps[:3] == [1_800_000_010, 1_800_000_020, 1_800_000_030]
+    assert source.stamps[3] == pytest.approx(1_800_000_047.004, abs=1e-6)
+    # The schedule itself stays on the grid.
+    assert source.stamps[4] == 1_800_000_050

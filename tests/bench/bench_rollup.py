@@ -10,24 +10,23 @@ Run: ``python tests/bench/run.py rollup`` or directly with
 database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
 
-Measured 2026-11-29 on the 2-core box (load average ~1), defaults (9,897,000 samples), two
-runs: 391,000-407,000 raw samples/s (24.3-25.3 s: prepare 1.7-2.4, 5-minute rows 19.6,
-hourly 0.8, daily 0.4, ~1.8 outside the timed steps, mostly the commit and its deferred
-foreign-key checks of every new row) against a 6.1-6.9 M/s ceiling, i.e. 6 %: both targets
-still missed. The code of 2026-11-24 (71,000-102,000/s on a loaded box) spent 40.0 s inside
-the rollup transaction on the same rows on this quiet box, 34.6 s of it in the 5-minute
-statement and 2.3 s in the hourly one.
+Measured 2026-11-29 (second session) on the 2-core box, defaults (9,897,000 samples), the
+old and the new code back to back: 35.3 s (280,000 samples/s; the exact LEAD statement) and
+17.6 s (562,000/s; every bucket by the grid path: parallel CREATE TABLE AS of the per-bucket
+sums and bitmaps 5-7 s, gap starters 1.5 s, the insert of 334,000 rows 4-6 s, prepare 2.7,
+hourly 1.3, daily 0.3). Other runs of the new code that day: 13.7-19.5 s (508,000-722,000/s;
+the box's speed varies by a third from run to run). Ceiling 1.8-2.5 M/s, ratio 24-32 %: both
+targets still missed.
 
-What remains is that statement's per-sample work on one core, none of which a bare GROUP BY
-does: a hash join to the islands, an external sort of every sample (a larger work_mem does
-not help: 1 GB and 2 GB measured slower), the LEAD window over the sorted rows, the
-per-sample CASE expressions and ~20 aggregates (EXPLAIN ANALYZE at 10 M, its own timing
-included: scan 1.9 s, join 2.0, sort 5.2, window 3.2, projections 3.9, hash aggregate 4.4,
-insert of 334,000 rows 4.5). Inserting a 5-minute row costs ~7 us (four indexes, one of
-them the redundant single-column gpu_id index) plus ~3.5 us for its foreign-key check at
-commit. INSERT ... SELECT never runs in parallel on PostgreSQL 15 while the ceiling's GROUP
-BY uses two workers; even a perfect two-core split of the rollup would stay under 1 M/s
-here.
+The ceiling now consumes the aggregates it computes. Before, the outer ``COUNT(*)`` let
+PostgreSQL drop them and time only the grouping: 4.3 M/s for the same rows, twice the real
+figure.
+
+What remains on this box is mostly fixed per-bucket work that a bare GROUP BY does not do:
+writing 334,000 rows with three indexes (about 10 us each here), claiming and releasing
+334,000 pending marks, and about 20 aggregates per sample against the ceiling's six. The
+exact statement, still used for off-grid buckets, sorts every sample for LEAD: that sort
+and window alone cost 3-4 times the ceiling.
 """
 
 from __future__ import annotations
