@@ -206,11 +206,15 @@ def _pieces_sql(*, islands: str, pad: int) -> str:
 
 def _claim(cursor, *, limit: int) -> int:
     pending = _t(RollupPending)
+    # The index is built after the rows are in: a third of the time of keeping it up to
+    # date row by row (a backlog claims hundreds of thousands).
+    cursor.execute("DROP INDEX IF EXISTS fw_claim_idx")
     cursor.execute(
         f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
         f"SELECT gpu_id, bucket, marked_at FROM {pending} ORDER BY bucket, gpu_id LIMIT %s",
         [limit],
     )
+    cursor.execute(f"CREATE INDEX fw_claim_idx ON fw_claim {_TEMP_INDEXES['fw_claim']}")
     cursor.execute("SELECT COUNT(*) FROM fw_claim")
     return cursor.fetchone()[0]
 
@@ -629,6 +633,9 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             JOIN fw_span m ON m.gpu_id = c.gpu_id AND m.s < c.b + {BUCKET_S} AND m.e > c.b
             GROUP BY c.gpu_id, c.b
         ) al ON al.gpu_id = f.gpu_id AND al.b = f.b
+        -- In the unique index's order: its pages are filled one after another rather than
+        -- visited at random (a third less time for 334,000 rows).
+        ORDER BY f.gpu_id, f.b
         """,
         [thr, thr, MEM_HELD_MIB],
     )
@@ -818,6 +825,7 @@ def _exact_5m_insert(cursor, *, pad: int) -> int:
         ) f
         JOIN fw_isl i ON i.gpu_id = f.gpu_id AND f.b >= i.tlo AND f.b < i.thi
         LEFT JOIN alloc al ON al.gpu_id = f.gpu_id AND al.b = f.b
+        ORDER BY f.gpu_id, f.b
         """,
         [pad, pad, thr, MEM_HELD_MIB],
     )
