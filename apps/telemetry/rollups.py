@@ -120,6 +120,23 @@ def _temp_tables_reset(cursor) -> None:
         cursor.execute(f"CREATE INDEX IF NOT EXISTS {name}_idx ON {name} {columns}")
 
 
+def _plan(cursor, **enable: bool) -> None:
+    """Switch PostgreSQL planner methods for the rest of the transaction, or until switched
+    back: ``_plan(cursor, nestloop=False)``. Nothing on SQLite."""
+    if _pg():
+        for method, on in enable.items():
+            cursor.execute(f"SET LOCAL enable_{method} = {'on' if on else 'off'}")
+
+
+def _rows_inserted(cursor) -> int:
+    """Rows the last INSERT wrote (SQLite's driver reports no count for a statement that
+    starts with WITH)."""
+    if cursor.rowcount >= 0:
+        return cursor.rowcount
+    cursor.execute("SELECT changes()")
+    return cursor.fetchone()[0]
+
+
 def _analyze(cursor, *names: str) -> None:
     # Autovacuum never sees temporary tables: without statistics PostgreSQL guesses a
     # thousand rows and picks nested loops over a hundred thousand.
@@ -402,12 +419,10 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     cursor.execute("INSERT INTO fw_isl0 (gpu_id, tlo, thi) SELECT gpu_id, tlo, thi FROM fw_isl")
     fn = _sql_fns()
     least, greatest = fn["least"], fn["greatest"]
-    if pg:
-        # Every join below is of a few hundred thousand rows with a thousand or as many:
-        # hash joins, each table read once. PostgreSQL's guesses for temporary tables
-        # otherwise lead it to probe indexes or merge over sorts, seconds instead of tenths.
-        cursor.execute("SET LOCAL enable_nestloop = off")
-        cursor.execute("SET LOCAL enable_mergejoin = off")
+    # Every join below is of a few hundred thousand rows with a thousand or as many: hash
+    # joins, each table read once. PostgreSQL's guesses for temporary tables otherwise lead
+    # it to probe indexes or merge over sorts, seconds instead of tenths.
+    _plan(cursor, nestloop=False, mergejoin=False)
     raw = _t(RawSample)
     thr = idle_threshold()
 
@@ -439,8 +454,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         if scan:
             # One sequential pass rather than an index probe per GPU and time (see the
             # exact statement).
-            cursor.execute("SET LOCAL enable_indexscan = off")
-            cursor.execute("SET LOCAL enable_bitmapscan = off")
+            _plan(cursor, indexscan=False, bitmapscan=False)
         if pg and first:
             # CREATE TABLE AS may run in parallel on PostgreSQL (INSERT ... SELECT never
             # does, up to 15): the GROUP BY is split between the worker processes.
@@ -497,8 +511,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             [*mig_params, thr, MEM_HELD_MIB, *group_params],
         )
         if scan:
-            cursor.execute("SET LOCAL enable_indexscan = on")
-            cursor.execute("SET LOCAL enable_bitmapscan = on")
+            _plan(cursor, indexscan=True, bitmapscan=True)
     _analyze(cursor, "fw_agg")
 
     # The candidates: every bucket with samples, and the empty bucket after one (its last
@@ -566,9 +579,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     cursor.execute("SELECT MIN(ts), MAX(ts) FROM fw_gsk")
     lo, hi = cursor.fetchone()
     if lo is not None:
-        if pg:
-            # A probe by key per gap starter (they are few), or one pass when they are not.
-            cursor.execute("SET LOCAL enable_nestloop = on")
+        # A probe by key per gap starter (they are few), or one pass when they are not.
+        _plan(cursor, nestloop=True)
         cursor.execute(
             f"""
             INSERT INTO fw_gs (gpu_id, b_own, b_land, step, act, mem, power)
@@ -579,8 +591,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             WHERE x.ts >= {int(lo)} AND x.ts <= {int(hi)}
             """
         )
-        if pg:
-            cursor.execute("SET LOCAL enable_nestloop = off")
+        _plan(cursor, nestloop=False)
     # Rows: the bucket's own sums plus its gap starters' second interval (energy goes to
     # the sample's own bucket, its whole duration, as in the exact statement).
     table = _t(GpuRollup5m)
@@ -639,13 +650,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         """,
         [thr, thr, MEM_HELD_MIB],
     )
-    rows = cursor.rowcount
-    if rows < 0:
-        cursor.execute("SELECT changes()")
-        rows = cursor.fetchone()[0]
-    if pg:
-        cursor.execute("SET LOCAL enable_nestloop = on")
-        cursor.execute("SET LOCAL enable_mergejoin = on")
+    rows = _rows_inserted(cursor)
+    _plan(cursor, nestloop=True, mergejoin=True)
     return rows
 
 
@@ -693,11 +699,10 @@ def _exact_5m_insert(cursor, *, pad: int) -> int:
         # Most rows of the partitions are wanted (a backlog, an import): one sequential
         # pass beats an index probe per row, which is a random heap read in a table stored
         # in arrival order.
-        cursor.execute("SET LOCAL enable_indexscan = off")
-        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        _plan(cursor, indexscan=False, bitmapscan=False)
         # Hash the buckets rather than sort the samples a second time (the estimate of
         # groups is far off for temporary tables).
-        cursor.execute("SET LOCAL enable_sort = off")
+        _plan(cursor, sort=False)
     # LEAD over one int8 key (GPU, then time) instead of PARTITION BY gpu ORDER BY ts: the
     # sort compares a single integer rather than breaking ties on the GPU column for every
     # pair (2M samples: 7.4 s -> 4.7 s for the whole statement). Across a GPU change the
@@ -829,15 +834,9 @@ def _exact_5m_insert(cursor, *, pad: int) -> int:
         """,
         [pad, pad, thr, MEM_HELD_MIB],
     )
-    rows = cursor.rowcount
-    if rows < 0:
-        # SQLite's driver reports no count for a statement that starts with WITH.
-        cursor.execute("SELECT changes()")
-        rows = cursor.fetchone()[0]
+    rows = _rows_inserted(cursor)
     if scan:
-        cursor.execute("SET LOCAL enable_indexscan = on")
-        cursor.execute("SET LOCAL enable_bitmapscan = on")
-        cursor.execute("SET LOCAL enable_sort = on")
+        _plan(cursor, indexscan=True, bitmapscan=True, sort=True)
     return rows
 
 
