@@ -523,13 +523,19 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     after_next_clean = f"(a.nb IS NULL OR a.nb <> a.b + {2 * BUCKET_S} OR a.nok = 1)"
     next_empty = f"(a.nb IS NULL OR a.nb <> a.b + {BUCKET_S})"
     inside = "JOIN fw_isl0 o ON o.gpu_id = a.gpu_id AND {b} >= o.tlo AND {b} < o.thi"
+    values = (
+        "n, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, sm_mean, mem_mean, "
+        "mem_max, pow_mean, n_prof, n_src"
+    )
+    no_values = ", ".join(["NULL"] * len(values.split(",")))
     candidates = f"""
         SELECT a.gpu_id, a.b, a.step, 1 AS has_row,
-               CASE WHEN a.ok = 1 AND {prev_clean} AND {next_clean} THEN 1 ELSE 0 END AS fast
+               CASE WHEN a.ok = 1 AND {prev_clean} AND {next_clean} THEN 1 ELSE 0 END AS fast,
+               {", ".join(f"a.{v.strip()}" for v in values.split(","))}
         FROM fw_agg a {inside.format(b="a.b")}
         UNION ALL
         SELECT a.gpu_id, a.b + {BUCKET_S}, a.step, 0,
-               CASE WHEN a.ok = 1 AND {after_next_clean} THEN 1 ELSE 0 END
+               CASE WHEN a.ok = 1 AND {after_next_clean} THEN 1 ELSE 0 END, {no_values}
         FROM fw_agg a {inside.format(b=f"a.b + {BUCKET_S}")}
         WHERE {next_empty}
     """
@@ -598,7 +604,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     cursor.execute(
         f"""
         WITH c AS (
-            SELECT c.gpu_id, c.b, c.step, c.has_row FROM ({candidates}) c
+            SELECT * FROM ({candidates}) c
             WHERE c.fast = 1 AND NOT EXISTS (
                 SELECT 1 FROM fw_isl i WHERE i.gpu_id = c.gpu_id
                 AND c.b >= i.tlo AND c.b < i.thi)
@@ -613,19 +619,18 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                     WHEN f.n_prof > 0 THEN 'sm_active'
                     WHEN f.n_src > 0 THEN 'util' ELSE '' END
         FROM (
-            SELECT c.gpu_id, c.b, COALESCE(a.n, 0) AS n,
-                   CAST(c.step * (COALESCE(a.n_act, 0) + COALESCE(xl.n_act, 0))
+            SELECT c.gpu_id, c.b, COALESCE(c.n, 0) AS n,
+                   CAST(c.step * (COALESCE(c.n_act, 0) + COALESCE(xl.n_act, 0))
                         AS DOUBLE PRECISION) AS cov,
-                   c.step * (COALESCE(a.s_act, 0) + COALESCE(xl.s_act, 0)) AS busy,
-                   CAST(c.step * (COALESCE(a.n_idle, 0) + COALESCE(xl.n_idle, 0))
+                   c.step * (COALESCE(c.s_act, 0) + COALESCE(xl.s_act, 0)) AS busy,
+                   CAST(c.step * (COALESCE(c.n_idle, 0) + COALESCE(xl.n_idle, 0))
                         AS DOUBLE PRECISION) AS idle,
-                   CAST(c.step * (COALESCE(a.n_held, 0) + COALESCE(xl.n_held, 0))
+                   CAST(c.step * (COALESCE(c.n_held, 0) + COALESCE(xl.n_held, 0))
                         AS DOUBLE PRECISION) AS held,
-                   a.util_mean, a.util_max, a.sm_mean, a.mem_mean, a.mem_max, a.pow_mean,
-                   c.step * (a.s_pow + COALESCE(xo.s_pow, 0)) AS energy,
-                   COALESCE(a.n_prof, 0) AS n_prof, COALESCE(a.n_src, 0) AS n_src
+                   c.util_mean, c.util_max, c.sm_mean, c.mem_mean, c.mem_max, c.pow_mean,
+                   c.step * (c.s_pow + COALESCE(xo.s_pow, 0)) AS energy,
+                   COALESCE(c.n_prof, 0) AS n_prof, COALESCE(c.n_src, 0) AS n_src
             FROM c
-            LEFT JOIN fw_agg a ON c.has_row = 1 AND a.gpu_id = c.gpu_id AND a.b = c.b
             LEFT JOIN (
                 SELECT gpu_id, b_land, COUNT(act) AS n_act, SUM(act) AS s_act,
                        SUM(CASE WHEN act < %s THEN 1 ELSE 0 END) AS n_idle,
