@@ -15,8 +15,9 @@ old and the new code back to back: 35.3 s (280,000 samples/s; the exact LEAD sta
 17.6 s (562,000/s; every bucket by the grid path: parallel CREATE TABLE AS of the per-bucket
 sums and bitmaps 5-7 s, gap starters 1.5 s, the insert of 334,000 rows 4-6 s, prepare 2.7,
 hourly 1.3, daily 0.3). Other runs of the new code that day: 13.7-19.5 s (508,000-722,000/s;
-the box's speed varies by a third from run to run). Ceiling 1.8-2.5 M/s, ratio 24-32 %: both
-targets still missed.
+the last two, after the write-path changes, 15.3 and 16.1 s: 617,000-649,000/s; the box's
+speed varies by a third from run to run). Ceiling 1.8-2.7 M/s, ratio 23-32 %: both targets
+still missed.
 
 The ceiling now consumes the aggregates it computes. Before, the outer ``COUNT(*)`` let
 PostgreSQL drop them and time only the grouping: 4.3 M/s for the same rows, twice the real
