@@ -226,7 +226,7 @@ class Agent:
             if now >= next_sample:
                 # An on-time tick (a few milliseconds late) carries its grid instant; a late
                 # one (a suspend, a slow source) its own time.
-                on_time = pace and now - next_sample < pace / 2
+                on_time = bool(pace) and now - next_sample < pace / 2
                 self.tick(now=now, stamp=next_sample if on_time else None)
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
