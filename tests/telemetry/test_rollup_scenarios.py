@@ -22,6 +22,13 @@ from tests.telemetry.test_rollup_helpers import (
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True, params=["exact", "grid"])
+def rollup_path(request, settings):
+    """Every scenario through the exact statement and through the grid path (which takes
+    the on-grid buckets and leaves the rest to the exact one)."""
+    settings.FLOPWATCH_ROLLUP_GRID_PATH = "never" if request.param == "exact" else "always"
+
+
 def test_gap_longer_than_two_intervals_is_missing_and_sample_time_spills_over_buckets():
     (gpu,) = fleet(interval=10)  # cap = 20 s
     # 30 samples every 10 s in bucket 0, then silence until 400 (a 110 s gap), one more.
