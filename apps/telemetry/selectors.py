@@ -146,6 +146,24 @@ def _hourly_groups(
 _USAGE_SECONDS = ("allocated_s", "observed_s", "busy_s", "idle_s", "mem_held_idle_s")
 
 
+def _usage_rows_filtered(
+    rows: QuerySet,
+    *,
+    projects: QuerySet[Project] | None,
+    cluster: str | None,
+    gpu_model: str | None,
+) -> QuerySet:
+    """``UsageDaily`` or ``UsageHourly`` rows narrowed to the visible projects, a cluster and
+    a GPU model (each only when given)."""
+    if projects is not None:
+        rows = rows.filter(project__in=projects)
+    if cluster:
+        rows = rows.filter(cluster__slug=cluster)
+    if gpu_model:
+        rows = rows.filter(gpu_model=gpu_model)
+    return rows
+
+
 def _daily_groups(
     *,
     group: str,
@@ -164,12 +182,7 @@ def _daily_groups(
         day__gte=_EPOCH_DAY + dt.timedelta(days=first_day),
         day__lt=_EPOCH_DAY + dt.timedelta(days=end_day),
     )
-    if projects is not None:
-        rows = rows.filter(project__in=projects)
-    if cluster:
-        rows = rows.filter(cluster__slug=cluster)
-    if gpu_model:
-        rows = rows.filter(gpu_model=gpu_model)
+    rows = _usage_rows_filtered(rows, projects=projects, cluster=cluster, gpu_model=gpu_model)
     # The project's team now, not the stored ``team`` column, as the hourly path does.
     key_field = _DAILY_KEY_FIELDS[group]
     grouped = (
@@ -199,12 +212,7 @@ def _usage_hourly_groups(
     for lo, hi in spans:
         in_spans |= Q(hour__gte=lo, hour__lt=hi)
     rows = UsageHourly.objects.filter(in_spans)
-    if projects is not None:
-        rows = rows.filter(project__in=projects)
-    if cluster:
-        rows = rows.filter(cluster__slug=cluster)
-    if gpu_model:
-        rows = rows.filter(gpu_model=gpu_model)
+    rows = _usage_rows_filtered(rows, projects=projects, cluster=cluster, gpu_model=gpu_model)
     grouped = (
         rows.annotate(day=F("hour") / DAY_S)
         .values_list(_DAILY_KEY_FIELDS[group], "day", "gpu_model", "mig_profile", "cluster_id")
