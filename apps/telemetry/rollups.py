@@ -370,7 +370,7 @@ _GRID_TABLES = {
 }
 
 
-def _grid_groups(cursor) -> tuple[dict[int, list[int]], list[int]]:
+def _grid_groups(cursor) -> tuple[dict[int, list[int]], set[int]]:
     """GPUs of the islands that can take the grid path, by interval (cap / 2); and which of
     them are MIG instances."""
     cursor.execute(
@@ -380,13 +380,13 @@ def _grid_groups(cursor) -> tuple[dict[int, list[int]], list[int]]:
     # one, and at 5 s that sum could pass 2^63, which SQLite reports as an error.
     lowest = _GRID_MIN_INTERVAL if _pg() else 6
     groups: dict[int, list[int]] = defaultdict(list)
-    mig: list[int] = []
+    mig: set[int] = set()
     for gpu_id, cap, is_mig in cursor.fetchall():
         step = int(cap) // 2
         if int(cap) == 2 * step and lowest <= step <= BUCKET_S // 2 and BUCKET_S % step == 0:
             groups[step].append(int(gpu_id))
             if is_mig:
-                mig.append(int(gpu_id))
+                mig.add(int(gpu_id))
     return groups, mig
 
 
@@ -468,7 +468,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         # would come before sm_active in the activity), and its neighbours' bucket, clean
         # flag and bitmap.
         # gr_engine_active is counted only where a MIG instance could use it.
-        group_mig = [g for g in gpu_ids if g in set(mig)]
+        group_mig = [g for g in gpu_ids if g in mig]
         mig_clean, mig_params = "1 = 1", []
         if group_mig:
             is_mig, mig_params = id_list(group_mig)
