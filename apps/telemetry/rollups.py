@@ -148,7 +148,22 @@ def _analyze(cursor, *names: str) -> None:
 def _islands_build(cursor, *, src: str, dst: str, pad: int, gap: int) -> None:
     """Collapse (gpu_id, bucket) rows of ``src`` into per-GPU ranges [tlo, thi) widened by
     ``pad`` seconds each side; buckets closer than ``gap`` fall into one range (the buckets
-    between them are recomputed too, which keeps the read ranges of two islands apart)."""
+    between them are recomputed too, which keeps the read ranges of two islands apart).
+    ``src`` holds each (gpu_id, bucket) once; ``dst`` starts empty."""
+    # Most GPUs have one unbroken run of buckets, or all of theirs within ``gap`` (a
+    # backlog, an import, the newest buckets): a GROUP BY finds those, and only the rest are
+    # sorted by bucket to be cut into islands (334,000 claimed buckets: 0.7 s -> 0.2 s).
+    cursor.execute(
+        f"""
+        INSERT INTO {dst} (gpu_id, tlo, thi)
+        SELECT gpu_id, MIN(bucket) - %s, MAX(bucket) + {BUCKET_S} + %s
+        FROM {src}
+        GROUP BY gpu_id
+        HAVING MAX(bucket) - MIN(bucket) <= %s
+            OR COUNT(*) * {BUCKET_S} = MAX(bucket) - MIN(bucket) + {BUCKET_S}
+        """,
+        [pad, pad, gap],
+    )
     cursor.execute(
         f"""
         INSERT INTO {dst} (gpu_id, tlo, thi)
@@ -161,7 +176,8 @@ def _islands_build(cursor, *, src: str, dst: str, pad: int, gap: int) -> None:
                 SELECT gpu_id, bucket,
                        CASE WHEN bucket - LAG(bucket) OVER (PARTITION BY gpu_id ORDER BY bucket)
                                  <= %s THEN 0 ELSE 1 END AS brk
-                FROM (SELECT DISTINCT gpu_id, bucket FROM {src}) d
+                FROM (SELECT DISTINCT gpu_id, bucket FROM {src} s
+                      WHERE NOT EXISTS (SELECT 1 FROM {dst} o WHERE o.gpu_id = s.gpu_id)) d
             ) x
         ) y
         GROUP BY gpu_id, grp
@@ -563,21 +579,29 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     cursor.executemany(
         "INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(BUCKET_S // _GRID_MIN_INTERVAL)]
     )
+    # Each bucket's set bits are peeled off lowest first (x & -x is the lowest, x & (x - 1)
+    # the rest), so a bucket costs one row per gap starter rather than a test of each of its
+    # grid points (104,000 buckets with a gap starter: 0.7 s -> 0.2 s).
     cursor.execute(
         f"""
+        WITH RECURSIVE r (gpu_id, b, step, gs) AS (
+            SELECT gpu_id, b, step, gs FROM (
+                SELECT a.gpu_id, a.b, a.step,
+                       a.bits & ~((a.bits >> 1)
+                                  | ((CASE WHEN a.nb = a.b + {BUCKET_S} THEN a.nbits ELSE 0 END
+                                      & 1)
+                                     << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs
+                FROM fw_agg a
+                WHERE a.ok = 1 AND {next_clean}
+            ) s
+            WHERE gs <> 0
+            UNION ALL
+            SELECT gpu_id, b, step, gs & (gs - 1) FROM r WHERE gs & (gs - 1) <> 0
+        )
         INSERT INTO fw_gsk (gpu_id, ts, b_own, b_land, step)
-        SELECT s.gpu_id, s.b + s.step * n.n, s.b,
-               (s.b + s.step * (n.n + 1)) - (s.b + s.step * (n.n + 1)) %% {BUCKET_S}, s.step
-        FROM (
-            SELECT a.gpu_id, a.b, a.step,
-                   a.bits & ~((a.bits >> 1)
-                              | ((CASE WHEN a.nb = a.b + {BUCKET_S} THEN a.nbits ELSE 0 END & 1)
-                                 << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs
-            FROM fw_agg a
-            WHERE a.ok = 1 AND {next_clean}
-        ) s
-        JOIN fw_num n ON n.n < {BUCKET_S} / s.step AND (s.gs >> CAST(n.n AS INTEGER)) & 1 = 1
-        WHERE s.gs <> 0
+        SELECT r.gpu_id, r.b + r.step * n.n, r.b,
+               (r.b + r.step * (n.n + 1)) - (r.b + r.step * (n.n + 1)) %% {BUCKET_S}, r.step
+        FROM r JOIN fw_num n ON CAST(1 AS BIGINT) << CAST(n.n AS INTEGER) = r.gs & -r.gs
         """,
         [],
     )
@@ -612,7 +636,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s,
             busy_s, idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean,
             mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j, activity_source)
-        SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov, COALESCE(al.secs, 0),
+        SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov,
+               CASE WHEN wh.gpu_id IS NOT NULL THEN {BUCKET_S} ELSE COALESCE(pa.secs, 0) END,
                f.busy, f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
                f.mem_max, f.pow_mean, f.energy,
                CASE WHEN f.n_prof > 0 AND f.n_src > f.n_prof THEN 'mixed'
@@ -642,13 +667,21 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             ) xo ON xo.gpu_id = c.gpu_id AND xo.b_own = c.b
             WHERE c.has_row = 1 OR xl.gpu_id IS NOT NULL
         ) f
+        -- Allocated seconds without joining every row to every span of its GPU and summing:
+        -- the spans of a GPU are disjoint, so a bucket lies wholly inside at most one of
+        -- them, and one only partly covered is the first or last bucket of each span that
+        -- touches it (a few per span, summed apart).
+        LEFT JOIN fw_span wh ON wh.gpu_id = f.gpu_id AND wh.s <= f.b AND wh.e >= f.b + {BUCKET_S}
         LEFT JOIN (
-            SELECT c.gpu_id, c.b,
-                   SUM({least}(m.e, c.b + {BUCKET_S}) - {greatest}(m.s, c.b)) AS secs
-            FROM c
-            JOIN fw_span m ON m.gpu_id = c.gpu_id AND m.s < c.b + {BUCKET_S} AND m.e > c.b
-            GROUP BY c.gpu_id, c.b
-        ) al ON al.gpu_id = f.gpu_id AND al.b = f.b
+            SELECT gpu_id, b, SUM({least}(e, b + {BUCKET_S}) - {greatest}(s, b)) AS secs
+            FROM (
+                SELECT gpu_id, s, e, s - s %% {BUCKET_S} AS b FROM fw_span
+                UNION
+                SELECT gpu_id, s, e, (e - 1) - (e - 1) %% {BUCKET_S} FROM fw_span
+            ) x
+            WHERE NOT (s <= b AND e >= b + {BUCKET_S})
+            GROUP BY gpu_id, b
+        ) pa ON pa.gpu_id = f.gpu_id AND pa.b = f.b
         -- In the unique index's order: its pages are filled one after another rather than
         -- visited at random (a third less time for 334,000 rows).
         ORDER BY f.gpu_id, f.b
@@ -898,6 +931,9 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
     _islands_build(cursor, src="fw_src", dst="fw_pisl", pad=0, gap=gap)
     _analyze(cursor, "fw_src", "fw_pisl")
     thr = idle_threshold()
+    # Hash joins and hash aggregation: PostgreSQL, misjudging the temporary tables, would
+    # sort a few hundred thousand 5-minute rows for a merge join (0.5 s of the 1.1 s here).
+    _plan(cursor, mergejoin=False)
     cursor.execute(
         f"""
         INSERT INTO {table} (allocation_id, gpu_id, hour, allocated_s, observed_s, busy_s,
@@ -944,7 +980,9 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
         """.replace("ov.sec", _OVERLAP),
         [thr, thr, MEM_HELD_MIB],
     )
-    return cursor.rowcount
+    rows = cursor.rowcount
+    _plan(cursor, mergejoin=True)
+    return rows
 
 
 _OVERLAP = "(CASE WHEN a.e < pc.hi THEN a.e ELSE pc.hi END - CASE WHEN a.s > pc.lo THEN a.s ELSE pc.lo END)"
