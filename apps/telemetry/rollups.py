@@ -102,7 +102,8 @@ _TEMP_TABLES = {
     "fw_span": "gpu_id bigint, s bigint, e bigint",
 }
 _TEMP_INDEXES = {
-    # The release DELETE probes fw_claim once per pending row (SQLite has no hash join).
+    # SQLite's release DELETE probes fw_claim once per pending row (it has no hash join;
+    # PostgreSQL's hashes the claim and does without the index).
     "fw_claim": "(gpu_id, bucket)",
     "fw_hour": "(gpu_id, hour)",
     "fw_alloc": "(gpu_id, s)",
@@ -239,17 +240,49 @@ def _pieces_sql(*, islands: str, pad: int) -> str:
 
 def _claim(cursor, *, limit: int) -> int:
     pending = _t(RollupPending)
-    # The index is built after the rows are in: a third of the time of keeping it up to
-    # date row by row (a backlog claims hundreds of thousands).
+    # SQLite's index is built after the rows are in: a third of the time of keeping it up
+    # to date row by row (a backlog claims hundreds of thousands).
     cursor.execute("DROP INDEX IF EXISTS fw_claim_idx")
-    cursor.execute(
-        f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
-        f"SELECT gpu_id, bucket, marked_at FROM {pending} ORDER BY bucket, gpu_id LIMIT %s",
-        [limit],
-    )
-    cursor.execute(f"CREATE INDEX fw_claim_idx ON fw_claim {_TEMP_INDEXES['fw_claim']}")
+    cursor.execute(f"SELECT COUNT(*) FROM {pending}")
+    if cursor.fetchone()[0] <= limit:
+        # Everything fits: no sort to pick the oldest (0.3 s for a 334,000-bucket backlog).
+        # Marks arriving meanwhile may make the claim a little larger than the limit.
+        cursor.execute(
+            f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
+            f"SELECT gpu_id, bucket, marked_at FROM {pending}"
+        )
+    else:
+        cursor.execute(
+            f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
+            f"SELECT gpu_id, bucket, marked_at FROM {pending} ORDER BY bucket, gpu_id LIMIT %s",
+            [limit],
+        )
+    if not _pg():
+        cursor.execute(f"CREATE INDEX fw_claim_idx ON fw_claim {_TEMP_INDEXES['fw_claim']}")
     cursor.execute("SELECT COUNT(*) FROM fw_claim")
     return cursor.fetchone()[0]
+
+
+def _release(cursor) -> None:
+    """Delete exactly the claimed marks: a bucket marked again meanwhile has a newer
+    ``marked_at`` and stays pending for the next run."""
+    pending = _t(RollupPending)
+    if _pg():
+        # A join (a claimed row matches at most one mark, by the key): as a semi join
+        # PostgreSQL first de-duplicates the claim, 0.3 s of 0.85 s for 334,000 marks.
+        cursor.execute(
+            f"""DELETE FROM {pending} p USING fw_claim c
+                WHERE c.gpu_id = p.gpu_id AND c.bucket = p.bucket
+                  AND c.marked_at = p.marked_at"""
+        )
+        return
+    # SQLite has no DELETE ... USING.
+    cursor.execute(
+        f"""DELETE FROM {pending} WHERE EXISTS (
+              SELECT 1 FROM fw_claim c WHERE c.gpu_id = {pending}.gpu_id
+              AND c.bucket = {pending}.bucket
+              AND c.marked_at = {pending}.marked_at)"""
+    )
 
 
 def _gpus_load(cursor) -> int:
@@ -1243,15 +1276,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         _usage_daily_recompute(days=days)
         _capacity_daily_recompute(days=days, now_ts=now_ts)
         steps["daily"] = time.perf_counter() - mark
-        # Release exactly what was claimed: a bucket marked again meanwhile has a newer
-        # marked_at and stays pending for the next run.
-        pending = _t(RollupPending)
-        cursor.execute(
-            f"""DELETE FROM {pending} WHERE EXISTS (
-                  SELECT 1 FROM fw_claim c WHERE c.gpu_id = {pending}.gpu_id
-                  AND c.bucket = {pending}.bucket
-                  AND c.marked_at = {pending}.marked_at)"""
-        )
+        _release(cursor)
         return {
             "buckets": claimed,
             "gpu_rows": gpu_rows,
