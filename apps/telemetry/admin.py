@@ -1,12 +1,13 @@
 """Admin for the rollup tables: read-only views for checking numbers (rows are recomputed
-by the rollup, so edits here would be overwritten by the next run). Pending marks have a composite key, which the admin cannot show."""
+by the rollup, so edits here would be overwritten by the next run). Pending marks and the
+5-minute GPU rows have a composite key, which the admin cannot show; the GPU pages and
+``GET /api/v1/efficiency`` show the 5-minute numbers."""
 
 from django.contrib import admin
 
 from apps.telemetry.models import (
     AllocationGpuHourly,
     CapacityDaily,
-    GpuRollup5m,
     UsageDaily,
     UsageHourly,
 )
@@ -18,26 +19,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
-
-
-@admin.register(GpuRollup5m)
-class GpuRollup5mAdmin(ReadOnlyAdmin):
-    list_display = (
-        "gpu",
-        "bucket",
-        "samples",
-        "covered_s",
-        "missing_s",
-        "allocated_s",
-        "busy_s",
-        "idle_s",
-        "mem_held_idle_s",
-        "activity_source",
-    )
-    list_filter = ("activity_source",)
-    list_select_related = ("gpu__node",)
-    search_fields = ("gpu__uuid",)
-    ordering = ("-bucket",)
 
 
 @admin.register(AllocationGpuHourly)
