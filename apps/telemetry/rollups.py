@@ -193,7 +193,8 @@ def _pieces_sql(*, islands: str, pad: int) -> str:
     Columns: gpu_id, b (bucket), j (0 = the sample's own bucket), lo, hi (epoch seconds of
     the piece), act (activity or NULL), prof (1 profiling source, 0 util, NULL none),
     util_pct, sm, mem, power. Samples are read ``pad`` seconds beyond each island so that
-    every sample inside sees its successor and every sample spilling in is present.
+    every sample inside sees its successor and every sample spilling in is present: at
+    least the largest cap.
     """
     raw = _t(RawSample)
     return f"""
@@ -561,8 +562,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         )
         if scan:
             _plan(cursor, indexscan=True, bitmapscan=True)
-    _analyze(cursor, "fw_agg")
-
+    # No ANALYZE of fw_agg (0.2 s for 334,000 rows): the joins over it are hash joins by the
+    # plan settings above, and PostgreSQL sizes a table without statistics from its pages.
     # The candidates: every bucket with samples, and the empty bucket after one (its last
     # sample's time may reach it), inside the islands (whose old rows alone were deleted).
     # A bucket takes the grid path when it and both neighbours are clean (no samples is
@@ -678,27 +679,32 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                     WHEN f.n_src > 0 THEN 'util' ELSE '' END
         FROM (
             SELECT c.gpu_id, c.b, COALESCE(c.n, 0) AS n,
-                   CAST(c.step * (COALESCE(c.n_act, 0) + COALESCE(xl.n_act, 0))
+                   CAST(c.step * (COALESCE(c.n_act, 0) + COALESCE(x.n_act, 0))
                         AS DOUBLE PRECISION) AS cov,
-                   c.step * (COALESCE(c.s_act, 0) + COALESCE(xl.s_act, 0)) AS busy,
-                   CAST(c.step * (COALESCE(c.n_idle, 0) + COALESCE(xl.n_idle, 0))
+                   c.step * (COALESCE(c.s_act, 0) + COALESCE(x.s_act, 0)) AS busy,
+                   CAST(c.step * (COALESCE(c.n_idle, 0) + COALESCE(x.n_idle, 0))
                         AS DOUBLE PRECISION) AS idle,
-                   CAST(c.step * (COALESCE(c.n_held, 0) + COALESCE(xl.n_held, 0))
+                   CAST(c.step * (COALESCE(c.n_held, 0) + COALESCE(x.n_held, 0))
                         AS DOUBLE PRECISION) AS held,
                    c.util_mean, c.util_max, c.sm_mean, c.mem_mean, c.mem_max, c.pow_mean,
-                   c.step * (c.s_pow + COALESCE(xo.s_pow, 0)) AS energy,
+                   c.step * (c.s_pow + COALESCE(x.s_pow, 0)) AS energy,
                    COALESCE(c.n_prof, 0) AS n_prof, COALESCE(c.n_src, 0) AS n_src
             FROM c
+            -- Gap starters' second interval: activity where it lands, energy in the
+            -- sample's own bucket (one aggregate, one join).
             LEFT JOIN (
-                SELECT gpu_id, b_land, COUNT(act) AS n_act, SUM(act) AS s_act,
+                SELECT gpu_id, b, COUNT(act) AS n_act, SUM(act) AS s_act,
                        SUM(CASE WHEN act < %s THEN 1 ELSE 0 END) AS n_idle,
-                       SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END) AS n_held
-                FROM fw_gs GROUP BY gpu_id, b_land
-            ) xl ON xl.gpu_id = c.gpu_id AND xl.b_land = c.b
-            LEFT JOIN (
-                SELECT gpu_id, b_own, SUM(power) AS s_pow FROM fw_gs GROUP BY gpu_id, b_own
-            ) xo ON xo.gpu_id = c.gpu_id AND xo.b_own = c.b
-            WHERE c.has_row = 1 OR xl.gpu_id IS NOT NULL
+                       SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END) AS n_held,
+                       SUM(power) AS s_pow, MAX(lands) AS lands
+                FROM (
+                    SELECT gpu_id, b_land AS b, act, mem, NULL AS power, 1 AS lands FROM fw_gs
+                    UNION ALL
+                    SELECT gpu_id, b_own, NULL, NULL, power, 0 FROM fw_gs
+                ) g
+                GROUP BY gpu_id, b
+            ) x ON x.gpu_id = c.gpu_id AND x.b = c.b
+            WHERE c.has_row = 1 OR x.lands = 1
         ) f
         -- Allocated seconds without joining every row to every span of its GPU and summing:
         -- the spans of a GPU are disjoint, so a bucket lies wholly inside at most one of
@@ -1219,6 +1225,21 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         if claimed == 0 and not tick:
             return {"buckets": 0, "gpu_rows": 0, "grid_rows": 0, "hourly_rows": 0, "days": 0}
         cap = _gpus_load(cursor)
+        if tick:
+            # Open allocations of GPUs outside the claim need their GPU rows too, and their
+            # caps bound how far a sample reaches when allocation boundaries are cut.
+            cursor.execute(
+                """INSERT INTO fw_gpu (gpu_id, cap, mig)
+                   SELECT g.id, 2 * n.sample_interval_s,
+                          CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
+                   FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
+                   WHERE g.id IN (SELECT ag.gpu_id FROM tenancy_allocationgpu ag
+                                  JOIN tenancy_allocation a ON a.id = ag.allocation_id
+                                  WHERE a."end" IS NULL)
+                     AND g.id NOT IN (SELECT gpu_id FROM fw_gpu)"""
+            )
+            cursor.execute("SELECT MAX(cap) FROM fw_gpu")
+            cap = max(cap, int(cursor.fetchone()[0] or 0))
         k = max(1, -(-cap // BUCKET_S))
         kb = k * BUCKET_S
         gap = BUCKET_S + 4 * kb
@@ -1240,18 +1261,6 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
             )
         else:
             lo, hi = now_ts - HOUR_S, now_ts
-        if tick:
-            # Open allocations of GPUs outside the claim need their GPU rows too.
-            cursor.execute(
-                """INSERT INTO fw_gpu (gpu_id, cap, mig)
-                   SELECT g.id, 2 * n.sample_interval_s,
-                          CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
-                   FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
-                   WHERE g.id IN (SELECT ag.gpu_id FROM tenancy_allocationgpu ag
-                                  JOIN tenancy_allocation a ON a.id = ag.allocation_id
-                                  WHERE a."end" IS NULL)
-                     AND g.id NOT IN (SELECT gpu_id FROM fw_gpu)"""
-            )
         _allocations_load(
             cursor, now_ts=now_ts, lo=int(lo) - kb, hi=max(int(hi) + kb, now_ts), open_hours=tick
         )
@@ -1265,7 +1274,10 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         gpu_rows, grid_rows = _gpu_5m_recompute(cursor, pad=kb)
         steps["gpu_5m"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        hourly_rows = _hourly_recompute(cursor, pad=kb, gap=gap)
+        # Allocation boundaries are cut from samples read one cap (the largest of every GPU
+        # loaded) beyond their buckets: all a piece needs, and a third of the rows of
+        # reading whole neighbouring buckets.
+        hourly_rows = _hourly_recompute(cursor, pad=cap, gap=gap)
         _usage_hourly_recompute(cursor)
         steps["hourly"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -1276,7 +1288,9 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         _usage_daily_recompute(days=days)
         _capacity_daily_recompute(days=days, now_ts=now_ts)
         steps["daily"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         _release(cursor)
+        steps["release"] = time.perf_counter() - mark
         return {
             "buckets": claimed,
             "gpu_rows": gpu_rows,

@@ -208,3 +208,25 @@ def test_job_closed_by_grace_never_rolled_up_open_marks_only_around_its_end():
     assert RollupPending.objects.count() - marked <= 3
     rollups_run_pending(now=at(30 * 86400))
     assert hourly(allocation, gpu).allocated_s == 600
+
+
+def test_slow_gpu_held_open_is_cut_right_when_the_tick_recomputes_it_beside_other_work():
+    # A node sampling every 500 s (cap 1000 s: a sample reaches two buckets on) beside one
+    # sampling every 10 s. The slow GPU's open allocation starts mid-bucket; once its own
+    # marks are rolled up, later runs recompute its open hours on the clock alone, while
+    # claiming only the fast GPU's buckets: the boundary must still be cut from every
+    # sample that reaches it.
+    (slow,) = fleet(interval=500, hostname="slow")
+    (fast,) = fleet(interval=10, hostname="fast")
+    samples(slow, range(80950, 86400, 500), util_pct=50.0, mem_used_mib=2048.0)
+    job = allocate(external_id="slow-job", gpus=[slow], start=83420, end=None)
+    rollups_run_pending(now=NOW)
+    # 82950 lasts until 83450 (30 s inside the job), 83450..85450 are 500 s each, and the
+    # newest (85950) stands for the cap, of which 450 s fall inside the hour.
+    first = hourly(job, slow, 82800)
+    assert (first.allocated_s, first.observed_s, first.busy_s) == (2980, 2980, 1490)
+
+    samples(fast, range(0, 300, 10), util_pct=10.0)
+    rollups_run_pending(now=NOW)
+    again = hourly(job, slow, 82800)
+    assert (again.allocated_s, again.observed_s, again.busy_s) == (2980, 2980, 1490)
