@@ -68,6 +68,15 @@ class Env:
             raise ImproperlyConfigured(f"{name}: must be at most {maximum}, got {value}")
         return value
 
+    def optional_int(
+        self, name: str, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        """An integer, or None when the variable is unset or empty (the default lies
+        elsewhere, e.g. in the database server's own setting)."""
+        if not self._raw(name):
+            return None
+        return self.int(name, 0, minimum=minimum, maximum=maximum)
+
     def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
         raw = self._raw(name)
         if raw is None or raw == "":

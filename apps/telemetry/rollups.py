@@ -1199,11 +1199,20 @@ def _lock(cursor) -> bool:
     cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK_KEY])
     if not cursor.fetchone()[0]:
         return False
+    session_tune(cursor)
+    return True
+
+
+def session_tune(cursor) -> None:
+    """The PostgreSQL settings the rollup runs under, for the rest of the transaction (the
+    benchmark's ceiling query runs under them too)."""
     # JIT compiles the CASE-heavy piece expressions for seconds before running them, and the
-    # per-GPU sort for LEAD must stay in memory; both only for this transaction.
+    # per-GPU sort for LEAD must stay in memory.
     cursor.execute("SET LOCAL jit = off")
     cursor.execute("SET LOCAL work_mem = '256MB'")
-    return True
+    workers = getattr(settings, "FLOPWATCH_ROLLUP_PARALLEL_WORKERS", None)
+    if workers is not None:
+        cursor.execute(f"SET LOCAL max_parallel_workers_per_gather = {int(workers)}")
 
 
 def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:

@@ -38,6 +38,11 @@ def test_int_bounds_and_defaults():
         Env({"X": "0"}).int("X", 7, minimum=1)
     assert Env({"X": "off"}).bool("X", True) is False
     assert Env({"X": "a, b,,c"}).list("X", []) == ["a", "b", "c"]
+    assert Env({}).optional_int("X") is None
+    assert Env({"X": ""}).optional_int("X") is None
+    assert Env({"X": "0"}).optional_int("X", minimum=0) == 0
+    with pytest.raises(ImproperlyConfigured, match="X: must be at most 64, got 65"):
+        Env({"X": "65"}).optional_int("X", maximum=64)
 
 
 def test_choice_lists_the_choices():

@@ -141,3 +141,16 @@ def test_grid_path_hand_computed(settings):
     # 290's 10 s, 310..580 at 10 s, and the newest (590) for 20 s of which 10 spill.
     assert (second.samples, second.covered_s, second.missing_s) == (29, 300, 0)
     assert GpuRollup5m.objects.filter(gpu=gpu, bucket=T0 + 600).get().covered_s == 10
+
+
+def test_parallel_workers_setting_reaches_postgresql(settings, postgres_only):
+    from django.db import connection, transaction
+
+    from apps.telemetry.rollups import session_tune
+
+    for workers, expected in ((1, "1"), (0, "0")):
+        settings.FLOPWATCH_ROLLUP_PARALLEL_WORKERS = workers
+        with transaction.atomic(), connection.cursor() as cursor:
+            session_tune(cursor)
+            cursor.execute("SHOW max_parallel_workers_per_gather")
+            assert cursor.fetchone()[0] == expected
