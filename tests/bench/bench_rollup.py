@@ -10,24 +10,24 @@ Run: ``python tests/bench/run.py rollup`` or directly with
 database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
 
-Measured 2026-11-29 (second session) on the 2-core box, defaults (9,897,000 samples), the
-old and the new code back to back: 35.3 s (280,000 samples/s; the exact LEAD statement) and
-17.6 s (562,000/s; every bucket by the grid path: parallel CREATE TABLE AS of the per-bucket
-sums and bitmaps 5-7 s, gap starters 1.5 s, the insert of 334,000 rows 4-6 s, prepare 2.7,
-hourly 1.3, daily 0.3). Other runs of the new code that day: 13.7-19.5 s (508,000-722,000/s;
-the last two, after the write-path changes, 15.3 and 16.1 s: 617,000-649,000/s; the box's
-speed varies by a third from run to run). Ceiling 1.8-2.7 M/s, ratio 23-32 %: both targets
-still missed.
+Measured 2026-11-29 on the 2-core box, defaults (9,897,000 samples, 1 parallel worker as set
+below), four runs of the final code: 10.2-12.0 s, 823,000-972,000 samples/s (steps: prepare
+0.5-0.7 s, 5-minute rows 7.8-9.3, hourly 0.9-1.0, daily 0.3, release 0.5). Ceiling under the
+same settings 2.8-3.9 M/s, ratio 21-35 %: both targets still missed. Earlier the same day:
+the exact LEAD statement 35.3 s (280,000/s); the first grid path 13.7-19.5 s.
 
-The ceiling now consumes the aggregates it computes. Before, the outer ``COUNT(*)`` let
-PostgreSQL drop them and time only the grouping: 4.3 M/s for the same rows, twice the real
-figure.
+The ceiling consumes the aggregates it computes (with a bare ``COUNT(*)`` outside,
+PostgreSQL drops them and times only the grouping) and runs under the rollup's own session
+settings (no JIT, 256 MB work_mem, the same parallel workers): with the server defaults it
+spilled its hash table and compiled JIT code, which made it look slower than it is.
 
-What remains on this box is mostly fixed per-bucket work that a bare GROUP BY does not do:
-writing 334,000 rows with three indexes (about 10 us each here), claiming and releasing
-334,000 pending marks, and about 20 aggregates per sample against the ceiling's six. The
-exact statement, still used for off-grid buckets, sorts every sample for LEAD: that sort
-and window alone cost 3-4 times the ceiling.
+Where the time goes (one run, 10.9 s): the grid aggregation of the 10M samples into 334,000
+per-bucket rows with about 16 aggregates each (parallel CREATE TABLE AS) 4-5 s, against 2.7-3
+s for the ceiling's six; the insert of 334,000 rows, with its joins for gap starters and
+allocated seconds, 2.3-2.6 s; reading the 104,000 gap starters back by key 0.65 s; hourly
+rows 0.9 s; claim, islands and release about 1 s. The exact statement, still used for
+off-grid buckets, sorts every sample for LEAD: that sort and window alone cost 3-4 times the
+ceiling.
 """
 
 from __future__ import annotations
@@ -150,6 +150,9 @@ def main() -> int:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE telemetry_rawsample")
         cursor.execute("VACUUM ANALYZE telemetry_rolluppending")
+        # Write out the seed's dirty pages now, so that the checkpoint it would trigger does
+        # not run in the background of the timed rollup (and the ceiling after it).
+        cursor.execute("CHECKPOINT")
     print(f"seeded {rows:,} raw samples ({GPUS} GPUs) in {time.perf_counter() - started:.1f} s")
     workers = os.environ.get("FLOPWATCH_ROLLUP_PARALLEL_WORKERS", "the server's setting")
     print(f"parallel workers (FLOPWATCH_ROLLUP_PARALLEL_WORKERS): {workers}")
