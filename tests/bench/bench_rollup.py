@@ -11,10 +11,11 @@ database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
 
 Measured 2026-11-29 on the 2-core box, defaults (9,897,000 samples, 1 parallel worker as set
-below), four runs of the final code: 10.2-12.0 s, 823,000-972,000 samples/s (steps: prepare
-0.5-0.7 s, 5-minute rows 7.8-9.3, hourly 0.9-1.0, daily 0.3, release 0.5). Ceiling under the
-same settings 2.8-3.9 M/s, ratio 21-35 %: both targets still missed. Earlier the same day:
-the exact LEAD statement 35.3 s (280,000/s); the first grid path 13.7-19.5 s.
+below), the final code: 10.2 and 10.4 s, 951,000-973,000 samples/s (steps: prepare 0.7 s,
+5-minute rows 7.6-8.0, hourly 0.7-0.8, daily 0.3, release 0.5); the four runs before the
+last change (gap starters in time order) 10.2-12.0 s. Ceiling under the same settings
+2.8-3.9 M/s, ratio 21-35 %: both targets still missed. Earlier the same day: the exact LEAD
+statement 35.3 s (280,000/s); the first grid path 13.7-19.5 s.
 
 The ceiling consumes the aggregates it computes (with a bare ``COUNT(*)`` outside,
 PostgreSQL drops them and times only the grouping) and runs under the rollup's own session
