@@ -925,17 +925,21 @@ def _exact_5m_insert(cursor, *, pad: int) -> int:
 
 
 def _seq_scan_better(cursor, *, lo: int, hi: int) -> bool:
-    """Whether the claimed buckets want a large share of the raw rows in [lo, hi) (PostgreSQL
-    only; estimated from the claim size and the partitions' row counts)."""
+    """Whether the islands left to compute want a large share of the raw rows in [lo, hi)
+    (PostgreSQL only; estimated from the islands' seconds at the shortest interval and the
+    partitions' row counts). After the grid path has taken most buckets, the few left for
+    the exact statement are probed by key rather than read by a pass over everything."""
     if not _pg():
         return False
     from apps.telemetry.storage import partition_name
 
-    cursor.execute("SELECT COUNT(*), MIN(cap) FROM fw_claim c JOIN fw_gpu g USING (gpu_id)")
-    claimed, cap = cursor.fetchone()
-    if not claimed:
+    cursor.execute(
+        "SELECT SUM(i.thi - i.tlo), MIN(g.cap) FROM fw_isl i JOIN fw_gpu g USING (gpu_id)"
+    )
+    seconds, cap = cursor.fetchone()
+    if not seconds:
         return False
-    wanted = claimed * BUCKET_S / max(1, (cap or 20) // 2)
+    wanted = int(seconds) / max(1, (cap or 20) // 2)
     days = range(lo - lo % DAY_S, hi, DAY_S)
     cursor.execute(
         "SELECT COALESCE(SUM(GREATEST(reltuples, 0)), 0) FROM pg_class WHERE relname = ANY(%s)",
@@ -999,10 +1003,10 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
         [thr, thr, MEM_HELD_MIB],
     )
     _analyze(cursor, "fw_q")
-    # Hash joins and hash aggregation (merge joins stay off): PostgreSQL, misjudging the
-    # temporary tables, would sort a few hundred thousand 5-minute rows for a merge join
-    # (0.5 s of the 1.1 s here).
-    _plan(cursor, hashjoin=True)
+    # Hash joins and hash aggregation (merge joins and sorts stay off): PostgreSQL,
+    # misjudging the temporary tables, would sort a few hundred thousand 5-minute rows for a
+    # merge join or a grouping (0.5 s of the 1.1 s here).
+    _plan(cursor, hashjoin=True, sort=False)
     cursor.execute(
         f"""
         INSERT INTO {table} (allocation_id, gpu_id, hour, allocated_s, observed_s, busy_s,
@@ -1041,7 +1045,7 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
         [],
     )
     rows = cursor.rowcount
-    _plan(cursor, mergejoin=True)
+    _plan(cursor, mergejoin=True, sort=True)
     return rows
 
 
