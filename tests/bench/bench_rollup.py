@@ -11,24 +11,26 @@ database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
 
 Measured 2026-11-29 on the 2-core box, defaults (9,897,000 samples, 1 parallel worker as set
-below), the final code: 10.2 and 10.4 s, 951,000-973,000 samples/s (steps: prepare 0.7 s,
-5-minute rows 7.6-8.0, hourly 0.7-0.8, daily 0.3, release 0.5); the four runs before the
-last change (gap starters in time order) 10.2-12.0 s. Ceiling under the same settings
-2.8-3.9 M/s, ratio 21-35 %: both targets still missed. Earlier the same day: the exact LEAD
-statement 35.3 s (280,000/s); the first grid path 13.7-19.5 s.
+below), five runs of the final code: 7.67, 7.99, 8.08, 10.79 and 12.19 s, 812,000-1,290,000
+samples/s (the box's speed changes that much within an hour: the three fast runs came
+together, so did the two slow ones; steps of a fast run: prepare 0.4 s, 5-minute rows 6.1,
+hourly 0.6, daily 0.2, release 0.3). The ceiling moves with the box, the ratio less: 3.1-4.6
+M/s, 25-31 %. So >= 1,000,000 samples/s is met in the fast runs only and >= 50 % of the
+ceiling is missed. Earlier the same day: the exact LEAD statement 35.3 s (280,000/s); the
+first grid path 13.7-19.5 s.
 
 The ceiling consumes the aggregates it computes (with a bare ``COUNT(*)`` outside,
 PostgreSQL drops them and times only the grouping) and runs under the rollup's own session
 settings (no JIT, 256 MB work_mem, the same parallel workers): with the server defaults it
 spilled its hash table and compiled JIT code, which made it look slower than it is.
 
-Where the time goes (one run, 10.9 s): the grid aggregation of the 10M samples into 334,000
-per-bucket rows with about 16 aggregates each (parallel CREATE TABLE AS) 4-5 s, against 2.7-3
-s for the ceiling's six; the insert of 334,000 rows, with its joins for gap starters and
-allocated seconds, 2.3-2.6 s; reading the 104,000 gap starters back by key 0.65 s; hourly
-rows 0.9 s; claim, islands and release about 1 s. The exact statement, still used for
-off-grid buckets, sorts every sample for LEAD: that sort and window alone cost 3-4 times the
-ceiling.
+Where the time goes (a slow run, about 10 s): the grid aggregation of the 10M samples into
+334,000 per-bucket rows with about 16 aggregates each (parallel CREATE TABLE AS) 4-5 s,
+against 2.7-3 s for the ceiling's six; the insert of 334,000 rows, with its joins for gap
+starters and allocated seconds, 2.0-2.6 s; reading the 104,000 gap starters back by key 0.6
+s; hourly rows 0.7-0.9 s; claim, islands and release about 0.8 s. The exact statement, still
+used for off-grid buckets, sorts every sample for LEAD: that sort and window alone cost 3-4
+times the ceiling.
 """
 
 from __future__ import annotations
