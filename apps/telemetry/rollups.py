@@ -105,10 +105,10 @@ _TEMP_TABLES = {
         "busy double precision, idle double precision, held double precision"
     ),
 }
+# SQLite's release DELETE probes fw_claim once per pending row (it has no hash join;
+# PostgreSQL's hashes the claim and does without the index): built by the claim, on SQLite.
+_CLAIM_INDEX = "(gpu_id, bucket)"
 _TEMP_INDEXES = {
-    # SQLite's release DELETE probes fw_claim once per pending row (it has no hash join;
-    # PostgreSQL's hashes the claim and does without the index).
-    "fw_claim": "(gpu_id, bucket)",
     "fw_hour": "(gpu_id, hour)",
     "fw_alloc": "(gpu_id, s)",
     "fw_span": "(gpu_id, s)",
@@ -264,7 +264,7 @@ def _claim(cursor, *, limit: int) -> int:
         )
     claimed = _rows_inserted(cursor)
     if not _pg():
-        cursor.execute(f"CREATE INDEX fw_claim_idx ON fw_claim {_TEMP_INDEXES['fw_claim']}")
+        cursor.execute(f"CREATE INDEX fw_claim_idx ON fw_claim {_CLAIM_INDEX}")
     return claimed
 
 
