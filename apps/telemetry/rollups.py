@@ -290,14 +290,24 @@ def _release(cursor) -> None:
     )
 
 
-def _gpus_load(cursor) -> int:
-    """Cap (2 intervals) and MIG flag of every claimed GPU; returns the largest cap."""
+def _gpus_load(cursor, *, open_allocations: bool) -> int:
+    """Cap (2 intervals) and MIG flag of every claimed GPU, and with ``open_allocations``
+    of every GPU an open allocation holds (the tick recomputes their open hours: their caps
+    bound how far a sample reaches when allocation boundaries are cut); returns the largest
+    cap."""
+    held = (
+        """OR g.id IN (SELECT ag.gpu_id FROM tenancy_allocationgpu ag
+                      JOIN tenancy_allocation a ON a.id = ag.allocation_id
+                      WHERE a."end" IS NULL)"""
+        if open_allocations
+        else ""
+    )
     cursor.execute(
-        """
+        f"""
         INSERT INTO fw_gpu (gpu_id, cap, mig)
         SELECT g.id, 2 * n.sample_interval_s, CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
         FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
-        WHERE g.id IN (SELECT DISTINCT gpu_id FROM fw_claim)
+        WHERE g.id IN (SELECT DISTINCT gpu_id FROM fw_claim) {held}
         """
     )
     cursor.execute("SELECT MAX(cap) FROM fw_gpu")
@@ -1263,22 +1273,7 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
         claimed = _claim(cursor, limit=limit)
         if claimed == 0 and not tick:
             return {"buckets": 0, "gpu_rows": 0, "grid_rows": 0, "hourly_rows": 0, "days": 0}
-        cap = _gpus_load(cursor)
-        if tick:
-            # Open allocations of GPUs outside the claim need their GPU rows too, and their
-            # caps bound how far a sample reaches when allocation boundaries are cut.
-            cursor.execute(
-                """INSERT INTO fw_gpu (gpu_id, cap, mig)
-                   SELECT g.id, 2 * n.sample_interval_s,
-                          CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
-                   FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
-                   WHERE g.id IN (SELECT ag.gpu_id FROM tenancy_allocationgpu ag
-                                  JOIN tenancy_allocation a ON a.id = ag.allocation_id
-                                  WHERE a."end" IS NULL)
-                     AND g.id NOT IN (SELECT gpu_id FROM fw_gpu)"""
-            )
-            cursor.execute("SELECT MAX(cap) FROM fw_gpu")
-            cap = max(cap, int(cursor.fetchone()[0] or 0))
+        cap = _gpus_load(cursor, open_allocations=tick)
         k = max(1, -(-cap // BUCKET_S))
         kb = k * BUCKET_S
         gap = BUCKET_S + 4 * kb
