@@ -386,6 +386,15 @@ def spans_union(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in out]
 
 
+def _mean(column: str) -> str:
+    """SQL of a column's mean over a group. AVG(float8) on PostgreSQL also accumulates the
+    sum of squares (its state serves the variance too); SUM / COUNT is the same division of
+    the same sum, cheaper."""
+    if _pg():
+        return f"SUM({column}) / NULLIF(COUNT({column}), 0)"
+    return f"AVG({column})"
+
+
 def _sql_fns() -> dict[str, str]:
     """The few spellings that differ: two-argument LEAST/GREATEST (scalar MIN/MAX on
     SQLite) and the fence that stops PostgreSQL from inlining a subquery (so the window's
@@ -490,10 +499,6 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     raw = _t(RawSample)
     thr = idle_threshold()
 
-    def mean(column: str) -> str:
-        # As in the exact statement (SUM / COUNT is AVG without PostgreSQL's extra state).
-        return f"SUM({column}) / NULLIF(COUNT({column}), 0)" if pg else f"AVG({column})"
-
     def id_list(ids: list[int]) -> tuple[str, list]:
         # bigint[] like the column: PostgreSQL hashes a long list only for the same type
         # (an int[] is searched element by element, 1,000 comparisons per sample).
@@ -554,10 +559,10 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                        -- carries both counts (a bucket has fewer than 1000 samples).
                        SUM(CASE WHEN act < %s THEN CASE WHEN mem > %s THEN 1001 ELSE 1 END
                                 ELSE 0 END) AS idle_held,
-                       SUM(power) AS s_pow, {mean("util_pct")} AS util_mean,
-                       MAX(util_pct) AS util_max, {mean("sm_active")} AS sm_mean,
-                       {mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
-                       {mean("power")} AS pow_mean,
+                       SUM(power) AS s_pow, {_mean("util_pct")} AS util_mean,
+                       MAX(util_pct) AS util_max, {_mean("sm_active")} AS sm_mean,
+                       {_mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
+                       {_mean("power")} AS pow_mean,
                        -- Profiling activity where sm_active is present, NVML's otherwise
                        -- (a sample has activity from one or the other: n_act).
                        COUNT(sm_active) AS n_prof
@@ -813,13 +818,6 @@ def _exact_5m_insert(cursor, *, pad: int) -> int:
     # The 200-odd island rows meet their GPU's cap and MIG flag before the samples do: one
     # hash probe per sample instead of two.
 
-    def mean(column: str) -> str:
-        # AVG(float8) on PostgreSQL also accumulates the sum of squares (its state serves
-        # the variance too); SUM / COUNT is the same division of the same sum, cheaper.
-        if _pg():
-            return f"SUM({column}) / NULLIF(COUNT({column}), 0)"
-        return f"AVG({column})"
-
     cursor.execute(
         f"""
         WITH w AS (
@@ -865,9 +863,9 @@ def _exact_5m_insert(cursor, *, pad: int) -> int:
                    SUM(own) AS cov, SUM(act * own) AS busy,
                    SUM(CASE WHEN idle_kind > 0 THEN own ELSE 0 END) AS idle,
                    SUM(CASE WHEN idle_kind = 2 THEN own ELSE 0 END) AS held,
-                   {mean("util_pct")} AS util_mean, MAX(util_pct) AS util_max,
-                   {mean("sm")} AS sm_mean, {mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
-                   {mean("power")} AS pow_mean,
+                   {_mean("util_pct")} AS util_mean, MAX(util_pct) AS util_max,
+                   {_mean("sm")} AS sm_mean, {_mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
+                   {_mean("power")} AS pow_mean,
                    SUM(power * d) AS energy, SUM(prof) AS n_prof, COUNT(prof) AS n_src,
                    MAX(sp) AS sp, SUM(act * sp) AS sp_busy,
                    SUM(CASE WHEN idle_kind > 0 THEN sp ELSE 0 END) AS sp_idle,
