@@ -241,6 +241,13 @@ FLOPWATCH_ROLLUP_GRID_PATH = env.choice(
 FLOPWATCH_ROLLUP_PARALLEL_WORKERS = env.optional_int(
     "FLOPWATCH_ROLLUP_PARALLEL_WORKERS", minimum=0, maximum=64
 )
+# A large rollup (a backlog, an import: at least SPLIT_MIN_BUCKETS pending buckets spread over
+# several hours) is split by time over this many database connections working at once, each
+# part without parallel workers; about the database host's cores is fastest.
+FLOPWATCH_ROLLUP_CONNECTIONS = env.int("FLOPWATCH_ROLLUP_CONNECTIONS", 2, minimum=1)
+FLOPWATCH_ROLLUP_SPLIT_MIN_BUCKETS = env.int(
+    "FLOPWATCH_ROLLUP_SPLIT_MIN_BUCKETS", 20_000, minimum=2
+)
 # Spread unallocated capacity over teams in proportion to their cost (else a platform row).
 FLOPWATCH_SPREAD_UNALLOCATED = env.bool("FLOPWATCH_SPREAD_UNALLOCATED", False)
 FLOPWATCH_DIGEST_PERIOD = env.choice(

@@ -85,6 +85,25 @@ class RollupPending(models.Model):
         return f"gpu {self.gpu_id} bucket {self.bucket}"
 
 
+class RollupPendingDay(models.Model):
+    """A UTC day whose daily rows (``UsageDaily``, ``CapacityDaily``) must be rewritten.
+
+    A rollup split over several connections commits its parts one by one and rewrites the
+    days they touched afterwards: it marks those days first, in a transaction of their own,
+    so that a run killed after a part committed leaves them for the next run (which
+    rewrites and deletes them like any other work).
+    """
+
+    day = models.DateField(primary_key=True)
+    marked_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "pending daily rollup"
+
+    def __str__(self) -> str:
+        return f"day {self.day}"
+
+
 class GpuRollup5m(models.Model):
     """One GPU over one 5-minute bucket, whoever held it."""
 

@@ -38,6 +38,7 @@ same numbers without sorting the samples.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -53,6 +54,7 @@ from apps.telemetry.models import (
     GpuRollup5m,
     RawSample,
     RollupPending,
+    RollupPendingDay,
     UsageDaily,
     UsageHourly,
 )
@@ -140,6 +142,23 @@ def _rows_inserted(cursor) -> int:
         return cursor.rowcount
     cursor.execute("SELECT changes()")
     return cursor.fetchone()[0]
+
+
+def _rows_load(cursor, table: str, columns: str, rows: list[tuple]) -> None:
+    """Insert ``rows`` into a work table: on PostgreSQL one statement over arrays (a
+    thousand spans: 50 ms as one INSERT per row, 2 ms so), elsewhere row by row."""
+    if not rows:
+        return
+    names = [c.strip() for c in columns.split(",")]
+    if _pg():
+        arrays = ", ".join(["CAST(%s AS bigint[])"] * len(names))
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+        return
+    marks = ", ".join(["%s"] * len(names))
+    cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
 
 def _analyze(cursor, *names: str) -> None:
@@ -268,17 +287,26 @@ def _claim(cursor, *, limit: int) -> int:
     return claimed
 
 
-def _release(cursor) -> None:
-    """Delete exactly the claimed marks: a bucket marked again meanwhile has a newer
-    ``marked_at`` and stays pending for the next run."""
+def _release(cursor, *, lo: int | None = None, hi: int | None = None) -> None:
+    """Delete exactly the claimed marks (those with a bucket in [lo, hi) when given): a
+    bucket marked again meanwhile has a newer ``marked_at`` and stays pending for the next
+    run."""
     pending = _t(RollupPending)
+    bounds, params = "", []
+    if lo is not None:
+        bounds += " AND c.bucket >= %s"
+        params.append(lo)
+    if hi is not None:
+        bounds += " AND c.bucket < %s"
+        params.append(hi)
     if _pg():
         # A join (a claimed row matches at most one mark, by the key): as a semi join
         # PostgreSQL first de-duplicates the claim, 0.3 s of 0.85 s for 334,000 marks.
         cursor.execute(
             f"""DELETE FROM {pending} p USING fw_claim c
                 WHERE c.gpu_id = p.gpu_id AND c.bucket = p.bucket
-                  AND c.marked_at = p.marked_at"""
+                  AND c.marked_at = p.marked_at{bounds}""",
+            params,
         )
         return
     # SQLite has no DELETE ... USING.
@@ -286,15 +314,16 @@ def _release(cursor) -> None:
         f"""DELETE FROM {pending} WHERE EXISTS (
               SELECT 1 FROM fw_claim c WHERE c.gpu_id = {pending}.gpu_id
               AND c.bucket = {pending}.bucket
-              AND c.marked_at = {pending}.marked_at)"""
+              AND c.marked_at = {pending}.marked_at{bounds})""",
+        params,
     )
 
 
-def _gpus_load(cursor, *, open_allocations: bool) -> int:
-    """Cap (2 intervals) and MIG flag of every claimed GPU, and with ``open_allocations``
-    of every GPU an open allocation holds (the tick recomputes their open hours: their caps
-    bound how far a sample reaches when allocation boundaries are cut); returns the largest
-    cap."""
+def _gpus_load(cursor, *, source: str, open_allocations: bool) -> int:
+    """Cap (2 intervals) and MIG flag of every GPU in ``source`` (the claim, or the islands
+    of one part of a split run), and with ``open_allocations`` of every GPU an open
+    allocation holds (the tick recomputes their open hours: their caps bound how far a
+    sample reaches when allocation boundaries are cut); returns the largest cap."""
     held = (
         """OR g.id IN (SELECT ag.gpu_id FROM tenancy_allocationgpu ag
                       JOIN tenancy_allocation a ON a.id = ag.allocation_id
@@ -307,18 +336,21 @@ def _gpus_load(cursor, *, open_allocations: bool) -> int:
         INSERT INTO fw_gpu (gpu_id, cap, mig)
         SELECT g.id, 2 * n.sample_interval_s, CASE WHEN g.mig_parent_id IS NULL THEN 0 ELSE 1 END
         FROM fleet_gpu g JOIN fleet_node n ON n.id = g.node_id
-        WHERE g.id IN (SELECT DISTINCT gpu_id FROM fw_claim) {held}
+        WHERE g.id IN (SELECT DISTINCT gpu_id FROM {source}) {held}
         """
     )
     cursor.execute("SELECT MAX(cap) FROM fw_gpu")
     return int(cursor.fetchone()[0] or 2 * settings.FLOPWATCH_DEFAULT_INTERVAL_S)
 
 
-def _allocations_load(cursor, *, now_ts: int, lo: int, hi: int, open_hours: bool) -> int:
-    """Allocation spans (clipped at ``now``) of the claimed GPUs overlapping [lo, hi) into
-    ``fw_alloc``, their per-GPU union into ``fw_span``; with ``open_hours`` the current and
-    previous hour of every open allocation join the hours to recompute (so held-but-silent
-    GPUs still accrue allocated time). Loops over allocations, never samples."""
+def _allocations_load(
+    cursor, *, now_ts: int, lo: int, hi: int, open_hours: bool, part: tuple[int, int]
+) -> int:
+    """Allocation spans (clipped at ``now``) of the GPUs in ``fw_gpu`` overlapping [lo, hi)
+    into ``fw_alloc``, their per-GPU union into ``fw_span``; with ``open_hours`` the current
+    and previous hour of every open allocation join the hours to recompute (so held-but-silent
+    GPUs still accrue allocated time), those inside ``part`` (the time range this connection
+    owns). Loops over allocations, never samples."""
     from django.db.models import Q
 
     from apps.tenancy.models import AllocationGpu
@@ -350,19 +382,15 @@ def _allocations_load(cursor, *, now_ts: int, lo: int, hi: int, open_hours: bool
             if s >= now_ts:
                 continue
             for hour in (hour_now - HOUR_S, hour_now):
-                if hour + HOUR_S > s:
+                if hour + HOUR_S > s and part[0] <= hour < part[1]:
                     extra_hours.add((gpu_id, hour))
             if (allocation_id, gpu_id) not in known:
                 spans.append((allocation_id, gpu_id, s, now_ts))
                 known.add((allocation_id, gpu_id))
         if extra_hours:
-            cursor.executemany(
-                "INSERT INTO fw_hour (gpu_id, hour) VALUES (%s, %s)", sorted(extra_hours)
-            )
+            _rows_load(cursor, "fw_hour", "gpu_id, hour", sorted(extra_hours))
     if spans:
-        cursor.executemany(
-            "INSERT INTO fw_alloc (allocation_id, gpu_id, s, e) VALUES (%s, %s, %s, %s)", spans
-        )
+        _rows_load(cursor, "fw_alloc", "allocation_id, gpu_id, s, e", spans)
     merged: list[tuple[int, int, int]] = []
     by_gpu: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for _, gpu_id, s, e in spans:
@@ -371,7 +399,7 @@ def _allocations_load(cursor, *, now_ts: int, lo: int, hi: int, open_hours: bool
         for s, e in spans_union(pairs):
             merged.append((gpu_id, s, e))
     if merged:
-        cursor.executemany("INSERT INTO fw_span (gpu_id, s, e) VALUES (%s, %s, %s)", merged)
+        _rows_load(cursor, "fw_span", "gpu_id, s, e", merged)
     return len(spans)
 
 
@@ -423,7 +451,7 @@ _GRID_MIN_INTERVAL = 5
 
 _GRID_AGG_COLUMNS = (
     "gpu_id, b, step, n, ok, bits, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, "
-    "sm_mean, mem_mean, mem_max, pow_mean, n_prof, n_src, pb, pok, nb, nok, nbits"
+    "sm_mean, mem_mean, mem_max, pow_mean, n_prof, n_src"
 )
 _GRID_TABLES = {
     "fw_isl0": "gpu_id bigint, tlo bigint, thi bigint",
@@ -432,13 +460,19 @@ _GRID_TABLES = {
         "n_act bigint, s_act double precision, n_idle bigint, n_held bigint, "
         "s_pow double precision, util_mean double precision, util_max double precision, "
         "sm_mean double precision, mem_mean double precision, mem_max double precision, "
-        "pow_mean double precision, n_prof bigint, n_src bigint, pb bigint, pok integer, "
-        "nb bigint, nok integer, nbits bigint"
+        "pow_mean double precision, n_prof bigint, n_src bigint"
     ),
-    "fw_gsk": "gpu_id bigint, ts bigint, b_own bigint, b_land bigint, step bigint",
+    "fw_bad": "gpu_id bigint, b bigint",
+    "fw_gsk": (
+        "gpu_id bigint, ts bigint, b_own bigint, b_land bigint, step bigint, land_new integer"
+    ),
     "fw_gs": (
-        "gpu_id bigint, b_own bigint, b_land bigint, step bigint, act double precision, "
-        "mem double precision, power double precision"
+        "gpu_id bigint, b_own bigint, b_land bigint, step bigint, land_new integer, "
+        "act double precision, mem double precision, power double precision"
+    ),
+    "fw_gsa": (
+        "gpu_id bigint, b bigint, step bigint, n_act bigint, s_act double precision, "
+        "n_idle bigint, n_held bigint, s_pow double precision, land_new integer"
     ),
 }
 
@@ -508,22 +542,31 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             return "gpu_id = ANY(CAST(%s AS bigint[]))", [ids]
         return f"gpu_id IN ({', '.join(str(i) for i in ids)})", []
 
+    cursor.execute("SELECT COUNT(*) FROM fleet_gpu")
+    fleet_size = int(cursor.fetchone()[0])
     first = True
     for step, gpu_ids in sorted(groups.items()):
         ids = ", ".join(str(g) for g in gpu_ids)
         cursor.execute(f"SELECT MIN(tlo), MAX(thi) FROM fw_isl WHERE gpu_id IN ({ids})")
         lo, hi = cursor.fetchone()
         bit = f"CAST(1 AS BIGINT) << CAST((ts %% {BUCKET_S}) / {step} AS INTEGER)"
+        n_gr = "COUNT(gr_engine_active)" if any(g in mig for g in gpu_ids) else "0"
         # SQLite has no BIT_OR: a SUM of distinct powers of two is the same number (samples
         # are unique per GPU and time; off-grid buckets, where two could share a bit, are
         # never read from the bitmap).
         bits = f"BIT_OR({bit})" if pg else f"SUM({bit})"
         in_group, group_params = id_list(gpu_ids)
+        if len(gpu_ids) == fleet_size:
+            # Every GPU there is (a backlog, an import): no test of each sample's GPU
+            # against the list (a tenth of the pass). Rows of a GPU registered since are
+            # aggregated too and then left out by every join with the islands.
+            in_group, group_params = "1 = 1", []
         scan = _seq_scan_better(cursor, lo=int(lo) - pad, hi=int(hi) + pad)
         if scan:
-            # One sequential pass rather than an index probe per GPU and time (see the
-            # exact statement).
-            _plan(cursor, indexscan=False, bitmapscan=False)
+            # One pass over the range rather than an index probe per GPU and time (see the
+            # exact statement); a time range inside a day partition still comes through
+            # its block range index.
+            _plan(cursor, indexscan=False)
         if pg and first:
             # CREATE TABLE AS may run in parallel on PostgreSQL (INSERT ... SELECT never
             # does, up to 15): the GROUP BY is split between the worker processes.
@@ -532,93 +575,89 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         else:
             into = f"INSERT INTO fw_agg ({_GRID_AGG_COLUMNS})"
         first = False
-        # Per (GPU, bucket): sums at one interval per sample, the bitmap, whether the bucket
-        # is clean (every sample on the grid; on a MIG instance, no gr_engine_active, which
-        # would come before sm_active in the activity), and its neighbours' bucket, clean
-        # flag and bitmap.
-        # gr_engine_active is counted only where a MIG instance could use it.
+        # Per (GPU, bucket): sums at one interval per sample, the bitmap, and whether the
+        # bucket is clean: every sample on the grid, and sm_active in all of its samples or
+        # in none (on a MIG instance, no gr_engine_active either, which would come before
+        # sm_active in the activity). In a clean bucket the activity sums are then the
+        # sm_active sums or the util_pct ones, so only the idle test reads a per-sample
+        # activity: each aggregate here is about a tenth of the pass (10M samples), and the
+        # sums stand in for three of them. gr_engine_active is counted only where a MIG
+        # instance could use it.
         group_mig = [g for g in gpu_ids if g in mig]
         mig_clean, mig_params = "1 = 1", []
         if group_mig:
             is_mig, mig_params = id_list(group_mig)
-            mig_clean = f"(COUNT(gr) = 0 OR NOT ({is_mig}))"
+            mig_clean = f"(n_gr = 0 OR NOT ({is_mig}))"
         cursor.execute(
             f"""
             {into}
-            SELECT gpu_id, b, step, n, ok, bits, n_act, s_act, idle_held %% 1000,
-                   idle_held / 1000, s_pow, util_mean, util_max, sm_mean, mem_mean, mem_max,
-                   pow_mean, n_prof, n_act,
-                   LAG(b) OVER w, LAG(ok) OVER w, LEAD(b) OVER w, LEAD(ok) OVER w,
-                   LEAD(bits) OVER w
+            SELECT gpu_id, b, {step}, n,
+                   CASE WHEN off = 0 AND (n_sm = 0 OR n_sm = n) AND {mig_clean} THEN 1
+                        ELSE 0 END,
+                   bits, CASE WHEN n_sm > 0 THEN n_sm ELSE n_util END,
+                   CASE WHEN n_sm > 0 THEN s_sm ELSE s_util / 100.0 END,
+                   idle_held %% 1000, idle_held / 1000, s_pow,
+                   s_util / NULLIF(n_util, 0), util_max, s_sm / NULLIF(n_sm, 0),
+                   s_mem / NULLIF(n_mem, 0), mem_max, s_pow / NULLIF(n_pow, 0), n_sm,
+                   CASE WHEN n_sm > 0 THEN n_sm ELSE n_util END
             FROM (
-                SELECT gpu_id, ts - ts %% {BUCKET_S} AS b, {step} AS step, COUNT(*) AS n,
-                       CASE WHEN MAX(ts %% {step}) = 0 AND {mig_clean} THEN 1
-                            ELSE 0 END AS ok,
-                       {bits} AS bits, COUNT(act) AS n_act, SUM(act) AS s_act,
+                SELECT gpu_id, (ts / {BUCKET_S}) * {BUCKET_S} AS b, COUNT(*) AS n,
+                       MAX(ts %% {step}) AS off, {n_gr} AS n_gr, {bits} AS bits,
                        -- Idle samples count 1, idle ones holding memory 1001: one sum
                        -- carries both counts (a bucket has fewer than 1000 samples).
-                       SUM(CASE WHEN act < %s THEN CASE WHEN mem > %s THEN 1001 ELSE 1 END
+                       SUM(CASE WHEN COALESCE(sm_active, util_pct / 100.0) < %s
+                                THEN CASE WHEN mem_used_mib > %s THEN 1001 ELSE 1 END
                                 ELSE 0 END) AS idle_held,
-                       SUM(power) AS s_pow, {_mean("util_pct")} AS util_mean,
-                       MAX(util_pct) AS util_max, {_mean("sm_active")} AS sm_mean,
-                       {_mean("mem")} AS mem_mean, MAX(mem) AS mem_max,
-                       {_mean("power")} AS pow_mean,
-                       -- Profiling activity where sm_active is present, NVML's otherwise
-                       -- (a sample has activity from one or the other: n_act).
-                       COUNT(sm_active) AS n_prof
-                FROM (
-                    SELECT gpu_id, ts, util_pct, sm_active, gr_engine_active AS gr,
-                           COALESCE(sm_active, util_pct / 100.0) AS act,
-                           mem_used_mib AS mem, power_w AS power
-                    FROM {raw}
-                    WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
-                ) r
-                GROUP BY gpu_id, ts - ts %% {BUCKET_S}
-            ) q
-            WINDOW w AS (PARTITION BY gpu_id ORDER BY b)
+                       SUM(util_pct) AS s_util, COUNT(util_pct) AS n_util,
+                       MAX(util_pct) AS util_max, SUM(sm_active) AS s_sm,
+                       COUNT(sm_active) AS n_sm, SUM(mem_used_mib) AS s_mem,
+                       COUNT(mem_used_mib) AS n_mem, MAX(mem_used_mib) AS mem_max,
+                       SUM(power_w) AS s_pow, COUNT(power_w) AS n_pow
+                FROM {raw}
+                WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
+                GROUP BY gpu_id, ts / {BUCKET_S}
+            ) r
             """,
             [*mig_params, thr, MEM_HELD_MIB, *group_params],
         )
         if scan:
-            _plan(cursor, indexscan=True, bitmapscan=True)
+            _plan(cursor, indexscan=True)
     # No ANALYZE of fw_agg (0.2 s for 334,000 rows): the joins over it are hash joins by the
     # plan settings above, and PostgreSQL sizes a table without statistics from its pages.
-    # The candidates: every bucket with samples, and the empty bucket after one (its last
-    # sample's time may reach it), inside the islands (whose old rows alone were deleted).
+    #
     # A bucket takes the grid path when it and both neighbours are clean (no samples is
-    # clean).
-    prev_clean = f"(a.pb IS NULL OR a.pb <> a.b - {BUCKET_S} OR a.pok = 1)"
-    next_clean = f"(a.nb IS NULL OR a.nb <> a.b + {BUCKET_S} OR a.nok = 1)"
-    after_next_clean = f"(a.nb IS NULL OR a.nb <> a.b + {2 * BUCKET_S} OR a.nok = 1)"
-    next_empty = f"(a.nb IS NULL OR a.nb <> a.b + {BUCKET_S})"
-    inside = "JOIN fw_isl0 o ON o.gpu_id = a.gpu_id AND {b} >= o.tlo AND {b} < o.thi"
-    values = (
-        "n, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, sm_mean, mem_mean, "
-        "mem_max, pow_mean, n_prof, n_src"
-    )
-    no_values = ", ".join(["NULL"] * len(values.split(",")))
-    candidates = f"""
-        SELECT a.gpu_id, a.b, a.step, 1 AS has_row,
-               CASE WHEN a.ok = 1 AND {prev_clean} AND {next_clean} THEN 1 ELSE 0 END AS fast,
-               {", ".join(f"a.{v.strip()}" for v in values.split(","))}
-        FROM fw_agg a {inside.format(b="a.b")}
-        UNION ALL
-        SELECT a.gpu_id, a.b + {BUCKET_S}, a.step, 0,
-               CASE WHEN a.ok = 1 AND {after_next_clean} THEN 1 ELSE 0 END, {no_values}
-        FROM fw_agg a {inside.format(b=f"a.b + {BUCKET_S}")}
-        WHERE {next_empty}
-    """
+    # clean). The buckets that are not clean are listed apart: usually none (a backlog on
+    # the grid), and then no bucket needs to look at its neighbours at all.
+    cursor.execute("INSERT INTO fw_bad (gpu_id, b) SELECT gpu_id, b FROM fw_agg WHERE ok = 0")
+    any_bad = _rows_inserted(cursor) > 0
+
+    def clean(alias: str, b: str) -> str:
+        if not any_bad:
+            return "1 = 1"
+        return f"NOT EXISTS (SELECT 1 FROM fw_bad d WHERE d.gpu_id = {alias}.gpu_id AND d.b = {b})"
+
+    fast = f"a.ok = 1 AND {clean('a', f'a.b - {BUCKET_S}')} AND {clean('a', f'a.b + {BUCKET_S}')}"
+    inside = "JOIN fw_isl0 o ON o.gpu_id = {a}.gpu_id AND {b} >= o.tlo AND {b} < o.thi"
     # The rest, as islands cut to the original ones, replaces the grid GPUs' islands for
-    # the exact statement.
+    # the exact statement: buckets with samples that do not take the grid path, and the
+    # empty bucket after one (its last sample's time may reach it) unless that one is
+    # clean and so is the bucket after.
     cursor.execute("DELETE FROM fw_src")
     cursor.execute("DELETE FROM fw_pisl")
-    # Where every bucket read is on the grid, every candidate takes the grid path: nothing
-    # is left for the exact statement, and the candidates need not be listed to find that.
-    cursor.execute("SELECT 1 FROM fw_agg WHERE ok = 0 LIMIT 1")
-    if cursor.fetchone() is not None:
+    if any_bad:
         cursor.execute(
-            f"INSERT INTO fw_src (gpu_id, bucket) SELECT gpu_id, b FROM ({candidates}) c "
-            "WHERE fast = 0"
+            f"""
+            INSERT INTO fw_src (gpu_id, bucket)
+            SELECT a.gpu_id, a.b FROM fw_agg a {inside.format(a="a", b="a.b")}
+            WHERE NOT ({fast})
+            UNION ALL
+            SELECT a.gpu_id, a.b + {BUCKET_S} FROM fw_agg a
+            {inside.format(a="a", b=f"a.b + {BUCKET_S}")}
+            WHERE NOT EXISTS (SELECT 1 FROM fw_agg e WHERE e.gpu_id = a.gpu_id
+                              AND e.b = a.b + {BUCKET_S})
+              AND NOT (a.ok = 1 AND {clean("a", f"a.b + {2 * BUCKET_S}")})
+            """,
+            [],
         )
         _islands_build(cursor, src="fw_src", dst="fw_pisl", pad=0, gap=gap)
     grid_ids = ", ".join(str(g) for ids in groups.values() for g in ids)
@@ -639,26 +678,29 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     )
     # Each bucket's set bits are peeled off lowest first (x & -x is the lowest, x & (x - 1)
     # the rest), so a bucket costs one row per gap starter rather than a test of each of its
-    # grid points (104,000 buckets with a gap starter: 0.7 s -> 0.2 s).
+    # grid points (104,000 buckets with a gap starter: 0.7 s -> 0.2 s). The last point's
+    # successor is the next bucket's first: one hash join of the buckets with themselves.
     cursor.execute(
         f"""
-        WITH RECURSIVE r (gpu_id, b, step, gs) AS (
-            SELECT gpu_id, b, step, gs FROM (
+        WITH RECURSIVE r (gpu_id, b, step, gs, land_new) AS (
+            SELECT gpu_id, b, step, gs, land_new FROM (
                 SELECT a.gpu_id, a.b, a.step,
                        a.bits & ~((a.bits >> 1)
-                                  | ((CASE WHEN a.nb = a.b + {BUCKET_S} THEN a.nbits ELSE 0 END
-                                      & 1)
-                                     << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs
+                                  | ((COALESCE(nx.bits, 0) & 1)
+                                     << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs,
+                       CASE WHEN nx.gpu_id IS NULL THEN 1 ELSE 0 END AS land_new
                 FROM fw_agg a
-                WHERE a.ok = 1 AND {next_clean}
+                LEFT JOIN fw_agg nx ON nx.gpu_id = a.gpu_id AND nx.b = a.b + {BUCKET_S}
+                WHERE a.ok = 1 AND {clean("a", f"a.b + {BUCKET_S}")}
             ) s
             WHERE gs <> 0
             UNION ALL
-            SELECT gpu_id, b, step, gs & (gs - 1) FROM r WHERE gs & (gs - 1) <> 0
+            SELECT gpu_id, b, step, gs & (gs - 1), land_new FROM r WHERE gs & (gs - 1) <> 0
         )
-        INSERT INTO fw_gsk (gpu_id, ts, b_own, b_land, step)
+        INSERT INTO fw_gsk (gpu_id, ts, b_own, b_land, step, land_new)
         SELECT r.gpu_id, r.b + r.step * n.n, r.b,
-               (r.b + r.step * (n.n + 1)) - (r.b + r.step * (n.n + 1)) %% {BUCKET_S}, r.step
+               (r.b + r.step * (n.n + 1)) - (r.b + r.step * (n.n + 1)) %% {BUCKET_S}, r.step,
+               CASE WHEN r.step * (n.n + 1) = {BUCKET_S} THEN r.land_new ELSE 0 END
         FROM r JOIN fw_num n ON CAST(1 AS BIGINT) << CAST(n.n AS INTEGER) = r.gs & -r.gs
         ORDER BY 2, 1  -- time, then GPU: the order of the probes below
         """,
@@ -674,8 +716,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         _plan(cursor, nestloop=True, memoize=False)
         cursor.execute(
             f"""
-            INSERT INTO fw_gs (gpu_id, b_own, b_land, step, act, mem, power)
-            SELECT k.gpu_id, k.b_own, k.b_land, k.step,
+            INSERT INTO fw_gs (gpu_id, b_own, b_land, step, land_new, act, mem, power)
+            SELECT k.gpu_id, k.b_own, k.b_land, k.step, k.land_new,
                    COALESCE(x.sm_active, x.util_pct / 100.0), x.mem_used_mib, x.power_w
             FROM fw_gsk k
             JOIN {raw} x ON x.gpu_id = k.gpu_id AND x.ts = k.ts
@@ -683,60 +725,29 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             """
         )
         _plan(cursor, nestloop=False, memoize=True)
-    # Rows: the bucket's own sums plus its gap starters' second interval (energy goes to
-    # the sample's own bucket, its whole duration, as in the exact statement).
-    table = _t(GpuRollup5m)
+    # Gap starters' second interval per bucket: activity where it lands, energy in the
+    # sample's own bucket (as in the exact statement, the whole duration there).
     cursor.execute(
-        f"""
-        WITH c AS (
-            SELECT * FROM ({candidates}) c
-            WHERE c.fast = 1 AND NOT EXISTS (
-                SELECT 1 FROM fw_isl i WHERE i.gpu_id = c.gpu_id
-                AND c.b >= i.tlo AND c.b < i.thi)
-        )
-        INSERT INTO {table} (gpu_id, bucket, samples, covered_s, missing_s, allocated_s,
-            busy_s, idle_s, mem_held_idle_s, util_mean, util_max, sm_active_mean,
-            mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j, activity_source)
-        SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov,
-               CASE WHEN wh.gpu_id IS NOT NULL THEN {BUCKET_S} ELSE COALESCE(pa.secs, 0) END,
-               f.busy, f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
-               f.mem_max, f.pow_mean, f.energy,
-               CASE WHEN f.n_prof > 0 AND f.n_src > f.n_prof THEN 'mixed'
-                    WHEN f.n_prof > 0 THEN 'sm_active'
-                    WHEN f.n_src > 0 THEN 'util' ELSE '' END
+        """
+        INSERT INTO fw_gsa (gpu_id, b, step, n_act, s_act, n_idle, n_held, s_pow, land_new)
+        SELECT gpu_id, b, MAX(step), COUNT(act), SUM(act),
+               SUM(CASE WHEN act < %s THEN 1 ELSE 0 END),
+               SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END), SUM(power),
+               MAX(land_new)
         FROM (
-            SELECT c.gpu_id, c.b, COALESCE(c.n, 0) AS n,
-                   CAST(c.step * (COALESCE(c.n_act, 0) + COALESCE(x.n_act, 0))
-                        AS DOUBLE PRECISION) AS cov,
-                   c.step * (COALESCE(c.s_act, 0) + COALESCE(x.s_act, 0)) AS busy,
-                   CAST(c.step * (COALESCE(c.n_idle, 0) + COALESCE(x.n_idle, 0))
-                        AS DOUBLE PRECISION) AS idle,
-                   CAST(c.step * (COALESCE(c.n_held, 0) + COALESCE(x.n_held, 0))
-                        AS DOUBLE PRECISION) AS held,
-                   c.util_mean, c.util_max, c.sm_mean, c.mem_mean, c.mem_max, c.pow_mean,
-                   c.step * (c.s_pow + COALESCE(x.s_pow, 0)) AS energy,
-                   COALESCE(c.n_prof, 0) AS n_prof, COALESCE(c.n_src, 0) AS n_src
-            FROM c
-            -- Gap starters' second interval: activity where it lands, energy in the
-            -- sample's own bucket (one aggregate, one join).
-            LEFT JOIN (
-                SELECT gpu_id, b, COUNT(act) AS n_act, SUM(act) AS s_act,
-                       SUM(CASE WHEN act < %s THEN 1 ELSE 0 END) AS n_idle,
-                       SUM(CASE WHEN act < %s AND mem > %s THEN 1 ELSE 0 END) AS n_held,
-                       SUM(power) AS s_pow, MAX(lands) AS lands
-                FROM (
-                    SELECT gpu_id, b_land AS b, act, mem, NULL AS power, 1 AS lands FROM fw_gs
-                    UNION ALL
-                    SELECT gpu_id, b_own, NULL, NULL, power, 0 FROM fw_gs
-                ) g
-                GROUP BY gpu_id, b
-            ) x ON x.gpu_id = c.gpu_id AND x.b = c.b
-            WHERE c.has_row = 1 OR x.lands = 1
-        ) f
-        -- Allocated seconds without joining every row to every span of its GPU and summing:
-        -- the spans of a GPU are disjoint, so a bucket lies wholly inside at most one of
-        -- them, and one only partly covered is the first or last bucket of each span that
-        -- touches it (a few per span, summed apart).
+            SELECT gpu_id, b_land AS b, step, act, mem, NULL AS power, land_new FROM fw_gs
+            UNION ALL
+            SELECT gpu_id, b_own, step, NULL, NULL, power, 0 FROM fw_gs
+        ) g
+        GROUP BY gpu_id, b
+        """,
+        [thr, thr, MEM_HELD_MIB],
+    )
+    # Allocated seconds without joining every row to every span of its GPU and summing: the
+    # spans of a GPU are disjoint, so a bucket lies wholly inside at most one of them, and
+    # one only partly covered is the first or last bucket of each span that touches it (a
+    # few per span, summed apart).
+    allocated = f"""
         LEFT JOIN fw_span wh ON wh.gpu_id = f.gpu_id AND wh.s <= f.b AND wh.e >= f.b + {BUCKET_S}
         LEFT JOIN (
             SELECT gpu_id, b, SUM({least}(e, b + {BUCKET_S}) - {greatest}(s, b)) AS secs
@@ -748,13 +759,78 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             WHERE NOT (s <= b AND e >= b + {BUCKET_S})
             GROUP BY gpu_id, b
         ) pa ON pa.gpu_id = f.gpu_id AND pa.b = f.b
-        -- In the primary key's order: its pages are filled one after another rather than
-        -- visited at random (a third less time for 334,000 rows).
+    """
+    columns = """(gpu_id, bucket, samples, covered_s, missing_s, allocated_s, busy_s, idle_s,
+        mem_held_idle_s, util_mean, util_max, sm_active_mean, mem_used_mean_mib,
+        mem_used_max_mib, power_mean_w, energy_j, activity_source)"""
+    row = f"""
+        SELECT f.gpu_id, f.b, f.n, f.cov, {BUCKET_S} - f.cov,
+               CASE WHEN wh.gpu_id IS NOT NULL THEN {BUCKET_S} ELSE COALESCE(pa.secs, 0) END,
+               f.busy, f.idle, f.held, f.util_mean, f.util_max, f.sm_mean, f.mem_mean,
+               f.mem_max, f.pow_mean, f.energy,
+               CASE WHEN f.n_prof > 0 THEN 'sm_active' WHEN f.n_src > 0 THEN 'util'
+                    ELSE '' END
+    """
+    outside_exact = """NOT EXISTS (SELECT 1 FROM fw_isl i WHERE i.gpu_id = {a}.gpu_id
+                       AND {b} >= i.tlo AND {b} < i.thi)"""
+    table = _t(GpuRollup5m)
+    # Every bucket with samples that takes the grid path: its own sums plus its gap
+    # starters'. A clean bucket has sm_active in all of its samples or in none, so its
+    # activity comes from one source. In the primary key's order: its pages are filled one
+    # after another rather than visited at random (a third less time for 334,000 rows).
+    cursor.execute(
+        f"""
+        INSERT INTO {table} {columns}
+        {row}
+        FROM (
+            SELECT a.gpu_id, a.b, a.n,
+                   CAST(a.step * (a.n_act + COALESCE(x.n_act, 0)) AS DOUBLE PRECISION) AS cov,
+                   a.step * (COALESCE(a.s_act, 0) + COALESCE(x.s_act, 0)) AS busy,
+                   CAST(a.step * (a.n_idle + COALESCE(x.n_idle, 0)) AS DOUBLE PRECISION)
+                   AS idle,
+                   CAST(a.step * (a.n_held + COALESCE(x.n_held, 0)) AS DOUBLE PRECISION)
+                   AS held,
+                   a.util_mean, a.util_max, a.sm_mean, a.mem_mean, a.mem_max, a.pow_mean,
+                   a.step * (a.s_pow + COALESCE(x.s_pow, 0)) AS energy,
+                   a.n_prof, a.n_src
+            FROM fw_agg a
+            {inside.format(a="a", b="a.b")}
+            LEFT JOIN fw_gsa x ON x.gpu_id = a.gpu_id AND x.b = a.b
+            WHERE {fast} AND {outside_exact.format(a="a", b="a.b")}
+        ) f
+        {allocated}
         ORDER BY f.gpu_id, f.b
         """,
-        [thr, thr, MEM_HELD_MIB],
+        [],
     )
     rows = _rows_inserted(cursor)
+    # And the empty bucket after one whose last sample's second interval lands in it (that
+    # one is clean, and so must the bucket after the empty one be).
+    cursor.execute(
+        f"""
+        INSERT INTO {table} {columns}
+        {row}
+        FROM (
+            SELECT x.gpu_id, x.b, 0 AS n, CAST(x.step * x.n_act AS DOUBLE PRECISION) AS cov,
+                   x.step * x.s_act AS busy, CAST(x.step * x.n_idle AS DOUBLE PRECISION) AS idle,
+                   CAST(x.step * x.n_held AS DOUBLE PRECISION) AS held,
+                   CAST(NULL AS DOUBLE PRECISION) AS util_mean,
+                   CAST(NULL AS DOUBLE PRECISION) AS util_max,
+                   CAST(NULL AS DOUBLE PRECISION) AS sm_mean,
+                   CAST(NULL AS DOUBLE PRECISION) AS mem_mean,
+                   CAST(NULL AS DOUBLE PRECISION) AS mem_max,
+                   CAST(NULL AS DOUBLE PRECISION) AS pow_mean,
+                   CAST(NULL AS DOUBLE PRECISION) AS energy, 0 AS n_prof, 0 AS n_src
+            FROM fw_gsa x
+            {inside.format(a="x", b="x.b")}
+            WHERE x.land_new = 1 AND {clean("x", f"x.b + {BUCKET_S}")}
+              AND {outside_exact.format(a="x", b="x.b")}
+        ) f
+        {allocated}
+        """,
+        [],
+    )
+    rows += _rows_inserted(cursor)
     _plan(cursor, nestloop=True, mergejoin=True)
     return rows
 
@@ -1228,111 +1304,330 @@ def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
     return len(rows)
 
 
-def _lock(cursor) -> bool:
-    """Take the rollup lock for this transaction; False when another worker holds it."""
-    if not _pg():
-        # SQLite transactions here are IMMEDIATE: the first writer holds the database and
-        # a second one waits for it, which already serialises the rollup.
-        return True
-    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK_KEY])
-    if not cursor.fetchone()[0]:
-        return False
-    session_tune(cursor)
-    return True
+class _Lock:
+    """The rollup lock, held for a whole run: only one worker recomputes at a time, a
+    second one returns at once instead of fighting over rows. A session-level advisory lock
+    on PostgreSQL (a split run commits several transactions under it; a killed worker's lock
+    goes with its connection). SQLite transactions here are IMMEDIATE: the first writer
+    holds the database and a second one waits, which already serialises the rollup."""
+
+    def __enter__(self) -> bool:
+        self.held = True
+        if _pg():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [_LOCK_KEY])
+                self.held = bool(cursor.fetchone()[0])
+        return self.held
+
+    def __exit__(self, *exc) -> None:
+        if self.held and _pg() and connection.is_usable():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
 
 
-def session_tune(cursor) -> None:
+def session_tune(cursor, *, parallel_workers: int | None = None) -> None:
     """The PostgreSQL settings the rollup runs under, for the rest of the transaction (the
-    benchmark's ceiling query runs under them too)."""
+    benchmark's ceiling query runs under them too). ``parallel_workers`` overrides
+    ``FLOPWATCH_ROLLUP_PARALLEL_WORKERS`` (the parts of a split run take none: the split
+    already spreads the work over the cores)."""
+    if not _pg():
+        return
     # JIT compiles the CASE-heavy piece expressions for seconds before running them, and the
     # per-GPU sort for LEAD must stay in memory.
     cursor.execute("SET LOCAL jit = off")
     cursor.execute("SET LOCAL work_mem = '256MB'")
-    workers = getattr(settings, "FLOPWATCH_ROLLUP_PARALLEL_WORKERS", None)
+    workers = parallel_workers
+    if workers is None:
+        workers = getattr(settings, "FLOPWATCH_ROLLUP_PARALLEL_WORKERS", None)
     if workers is not None:
         cursor.execute(f"SET LOCAL max_parallel_workers_per_gather = {int(workers)}")
 
 
-def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict | None:
-    """Claim, recompute and release up to ``limit`` pending buckets in one transaction.
+def _part_compute(
+    cursor, *, now_ts: int, tick: bool, cap: int, horizon: int, part: tuple[int, int]
+) -> dict:
+    """Recompute the islands in ``fw_isl`` (GPUs and caps in ``fw_gpu``) and the hours they
+    touch, plus on the tick the open hours of held GPUs inside ``part``: 5-minute rows,
+    hourly rows per allocation and hourly usage. Returns the counts and the UTC days
+    touched (whose daily rows the caller recomputes)."""
+    steps: dict[str, float] = {}
+    mark = time.perf_counter()
+    k = max(1, -(-cap // BUCKET_S))
+    kb = k * BUCKET_S
+    gap = BUCKET_S + 4 * kb
+    cursor.executemany("INSERT INTO fw_off (j) VALUES (%s)", [(j,) for j in range(k + 1)])
+    cursor.execute("SELECT MIN(tlo), MAX(thi), MAX(thi - tlo) FROM fw_isl")
+    lo, hi, longest = cursor.fetchone()
+    if lo is not None:
+        hours = (int(longest) + 2 * HOUR_S) // HOUR_S + 1
+        cursor.executemany("INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(hours)])
+        cursor.execute(
+            f"""INSERT INTO fw_hour (gpu_id, hour)
+                SELECT DISTINCT i.gpu_id, (i.tlo - i.tlo %% {HOUR_S}) + {HOUR_S} * n.n
+                FROM fw_isl i JOIN fw_num n
+                  ON (i.tlo - i.tlo %% {HOUR_S}) + {HOUR_S} * n.n < i.thi""",
+            [],
+        )
+    else:
+        lo, hi = now_ts - HOUR_S, now_ts
+    _allocations_load(
+        cursor,
+        now_ts=now_ts,
+        lo=int(lo) - kb,
+        hi=max(int(hi) + kb, now_ts),
+        open_hours=tick,
+        part=part,
+    )
+    # 5-minute rows only where raw samples still exist: re-rolling a bucket past raw
+    # retention would replace a good row with an empty one.
+    cursor.execute("DELETE FROM fw_isl WHERE thi <= %s", [horizon])
+    cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [horizon, horizon])
+    # fw_claim goes without: only hash joins and a GROUP BY read it, and PostgreSQL
+    # sizes it from its pages.
+    _analyze(cursor, "fw_gpu", "fw_isl", "fw_hour", "fw_alloc", "fw_span")
+    steps["prepare"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    gpu_rows, grid_rows = _gpu_5m_recompute(cursor, pad=kb)
+    steps["gpu_5m"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    # Allocation boundaries are cut from samples read one cap (the largest of every GPU
+    # loaded) beyond their buckets: all a piece needs, and a third of the rows of
+    # reading whole neighbouring buckets.
+    hourly_rows = _hourly_recompute(cursor, pad=cap, gap=gap)
+    _usage_hourly_recompute(cursor)
+    steps["hourly"] = time.perf_counter() - mark
+    return {
+        "gpu_rows": gpu_rows,
+        "grid_rows": grid_rows,
+        "hourly_rows": hourly_rows,
+        "days": _days_touched(cursor),
+        "steps": steps,
+    }
 
-    Returns None when another worker holds the lock. ``tick`` adds the work that depends on
-    the clock rather than on marks: the current hours of open allocations and today's and
-    yesterday's capacity.
+
+def _days_write(*, days: set[int], now_ts: int) -> set[int]:
+    """Rewrite the daily usage and capacity rows of ``days`` (day numbers since the epoch)
+    and of every pending day mark, and delete those marks; returns the days written."""
+    days = set(days)
+    marked = list(RollupPendingDay.objects.values_list("day", flat=True))
+    days |= {(day - dt.date(1970, 1, 1)).days for day in marked}
+    _usage_daily_recompute(days=days)
+    _capacity_daily_recompute(days=days, now_ts=now_ts)
+    if marked:
+        RollupPendingDay.objects.filter(day__in=marked).delete()
+    return days
+
+
+def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict:
+    """Claim, recompute and release up to ``limit`` pending buckets in one transaction;
+    large work is split over several connections instead (``_split_run``).
+
+    ``tick`` adds the work that depends on the clock rather than on marks: the current
+    hours of open allocations and today's and yesterday's capacity.
     """
     horizon = now_ts - settings.FLOPWATCH_RAW_RETENTION_DAYS * DAY_S + DAY_S
     horizon -= horizon % BUCKET_S
+    plan = _split_plan(limit=limit)
+    if plan is not None:
+        return _split_run(plan=plan, now_ts=now_ts, tick=tick, horizon=horizon)
     with transaction.atomic(), connection.cursor() as cursor:
-        if not _lock(cursor):
-            return None
+        session_tune(cursor)
         mark = time.perf_counter()
-        steps: dict[str, float] = {}
         _temp_tables_reset(cursor)
         claimed = _claim(cursor, limit=limit)
-        if claimed == 0 and not tick:
+        if claimed == 0 and not tick and not RollupPendingDay.objects.exists():
             return {"buckets": 0, "gpu_rows": 0, "grid_rows": 0, "hourly_rows": 0, "days": 0}
-        cap = _gpus_load(cursor, open_allocations=tick)
-        k = max(1, -(-cap // BUCKET_S))
-        kb = k * BUCKET_S
-        gap = BUCKET_S + 4 * kb
-        cursor.executemany("INSERT INTO fw_off (j) VALUES (%s)", [(j,) for j in range(k + 1)])
+        cap = _gpus_load(cursor, source="fw_claim", open_allocations=tick)
+        kb = max(1, -(-cap // BUCKET_S)) * BUCKET_S
         # Islands of buckets to recompute: the claimed ones widened by the k buckets a
         # changed sample can reach (its own spill forward, its predecessor's time backward).
-        _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=gap)
-        cursor.execute("SELECT MIN(tlo), MAX(thi), MAX(thi - tlo) FROM fw_isl")
-        lo, hi, longest = cursor.fetchone()
-        if lo is not None:
-            hours = (int(longest) + 2 * HOUR_S) // HOUR_S + 1
-            cursor.executemany("INSERT INTO fw_num (n) VALUES (%s)", [(n,) for n in range(hours)])
-            cursor.execute(
-                f"""INSERT INTO fw_hour (gpu_id, hour)
-                    SELECT DISTINCT i.gpu_id, (i.tlo - i.tlo %% {HOUR_S}) + {HOUR_S} * n.n
-                    FROM fw_isl i JOIN fw_num n
-                      ON (i.tlo - i.tlo %% {HOUR_S}) + {HOUR_S} * n.n < i.thi""",
-                [],
-            )
-        else:
-            lo, hi = now_ts - HOUR_S, now_ts
-        _allocations_load(
-            cursor, now_ts=now_ts, lo=int(lo) - kb, hi=max(int(hi) + kb, now_ts), open_hours=tick
+        _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=BUCKET_S + 4 * kb)
+        steps = {"claim": time.perf_counter() - mark}
+        result = _part_compute(
+            cursor, now_ts=now_ts, tick=tick, cap=cap, horizon=horizon, part=_EVER
         )
-        # 5-minute rows only where raw samples still exist: re-rolling a bucket past raw
-        # retention would replace a good row with an empty one.
-        cursor.execute("DELETE FROM fw_isl WHERE thi <= %s", [horizon])
-        cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [horizon, horizon])
-        # fw_claim goes without: only hash joins and a GROUP BY read it, and PostgreSQL
-        # sizes it from its pages.
-        _analyze(cursor, "fw_gpu", "fw_isl", "fw_hour", "fw_alloc", "fw_span")
-        steps["prepare"] = time.perf_counter() - mark
+        steps.update(result["steps"])
         mark = time.perf_counter()
-        gpu_rows, grid_rows = _gpu_5m_recompute(cursor, pad=kb)
-        steps["gpu_5m"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        # Allocation boundaries are cut from samples read one cap (the largest of every GPU
-        # loaded) beyond their buckets: all a piece needs, and a third of the rows of
-        # reading whole neighbouring buckets.
-        hourly_rows = _hourly_recompute(cursor, pad=cap, gap=gap)
-        _usage_hourly_recompute(cursor)
-        steps["hourly"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        days = _days_touched(cursor)
+        days = result["days"]
         if tick:
             today = now_ts // DAY_S
             days |= {today, today - 1}
-        _usage_daily_recompute(days=days)
-        _capacity_daily_recompute(days=days, now_ts=now_ts)
+        days = _days_write(days=days, now_ts=now_ts)
         steps["daily"] = time.perf_counter() - mark
         mark = time.perf_counter()
         _release(cursor)
         steps["release"] = time.perf_counter() - mark
         return {
             "buckets": claimed,
-            "gpu_rows": gpu_rows,
-            "grid_rows": grid_rows,
-            "hourly_rows": hourly_rows,
+            "more": claimed >= limit,
+            "gpu_rows": result["gpu_rows"],
+            "grid_rows": result["grid_rows"],
+            "hourly_rows": result["hourly_rows"],
             "days": len(days),
+            "parts": 1,
             "steps": steps,
         }
+
+
+# --- Split runs --------------------------------------------------------------------------------
+# A large backlog (an import, an agent back from an outage, a fresh install's history) is
+# split by time into as many parts as FLOPWATCH_ROLLUP_CONNECTIONS, each recomputed by its
+# own database connection at the same time: every step of the work then uses the database
+# host's cores, not only the one aggregation PostgreSQL can run in parallel (whose partial
+# states it merges on one core afterwards). Parts are cut at whole hours, so hourly rows (per
+# allocation, GPU and hour) and hourly usage (per hour, every GPU) each have one owner.
+#
+# Each part claims the marks of its range, recomputes, releases them and commits on its own.
+# A mark within ``kb`` (the reach of a changed sample) of a cut changes buckets on both sides:
+# the coordinator claims those before the parts start, both parts recompute what such a mark
+# reaches on their side, and the coordinator releases them once every part has committed,
+# with the daily rows of the days the run touched, which it marked (RollupPendingDay) in a
+# transaction of its own before the parts started. A run killed at any point therefore
+# leaves marked whatever it has not finished, and the next run ends where an uninterrupted
+# one does.
+
+# Open-ended at both ends, so that every hour has an owner.
+_EVER = (-(2**62), 2**62)
+
+
+def _split_plan(*, limit: int) -> dict | None:
+    """The chunk's range of buckets (whole hours, oldest first, at most about ``limit``
+    marks) and where to cut it, when the pending work is worth splitting; else None."""
+    connections = int(getattr(settings, "FLOPWATCH_ROLLUP_CONNECTIONS", 1))
+    least = int(getattr(settings, "FLOPWATCH_ROLLUP_SPLIT_MIN_BUCKETS", 20_000))
+    if not _pg() or connections <= 1:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT bucket - bucket %% {HOUR_S}, COUNT(*) FROM {_t(RollupPending)} "
+            "GROUP BY 1 ORDER BY 1",
+            [],
+        )
+        hours = [(int(hour), int(n)) for hour, n in cursor.fetchall()]
+    taken: list[tuple[int, int]] = []
+    for hour, n in hours:
+        if taken and sum(m for _, m in taken) + n > limit:
+            break
+        taken.append((hour, n))
+    total = sum(n for _, n in taken)
+    if total < max(least, 2) or len(taken) < 2:
+        return None
+    # Cut after the hour that brings the part closest to its share of the marks.
+    cuts: list[int] = []
+    seen = 0
+    for index, (_, n) in enumerate(taken[:-1]):
+        seen += n
+        share = total * (len(cuts) + 1) / connections
+        if len(cuts) < connections - 1 and share - seen < seen + taken[index + 1][1] - share:
+            cuts.append(taken[index + 1][0])
+    bounds = [_EVER[0], *cuts, _EVER[1]]
+    return {
+        "first": taken[0][0],
+        "end": taken[-1][0] + HOUR_S,
+        "more": len(taken) < len(hours),
+        "parts": list(itertools.pairwise(bounds)),
+    }
+
+
+def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
+    """Recompute the chunk ``plan`` describes as its parts, one thread and database
+    connection each, all at once (see "Split runs" above)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first, end, parts = plan["first"], plan["end"], plan["parts"]
+    cuts = [lo for lo, _ in parts[1:]]
+    mark = time.perf_counter()
+    with connection.cursor() as cursor:
+        # The longest cap in the fleet bounds how far any mark reaches: the parts and the
+        # boundary claim must agree on it before any part has read its marks.
+        cursor.execute("SELECT MAX(sample_interval_s) FROM fleet_node")
+        cap = 2 * int(cursor.fetchone()[0] or settings.FLOPWATCH_DEFAULT_INTERVAL_S)
+    kb = max(1, -(-cap // BUCKET_S)) * BUCKET_S
+    days = set(range((first - kb) // DAY_S, (end + kb) // DAY_S + 1))
+    if tick:
+        days |= {now_ts // DAY_S, now_ts // DAY_S - 1}
+    with transaction.atomic(), connection.cursor() as cursor:
+        _temp_tables_reset(cursor)
+        near = " OR ".join(["(bucket >= %s AND bucket < %s)"] * len(cuts))
+        cursor.execute(
+            f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
+            f"SELECT gpu_id, bucket, marked_at FROM {_t(RollupPending)} WHERE {near}",
+            [v for cut in cuts for v in (cut - kb, cut + kb)],
+        )
+        RollupPendingDay.objects.bulk_create(
+            [RollupPendingDay(day=dt.date(1970, 1, 1) + dt.timedelta(days=d)) for d in days],
+            ignore_conflicts=True,
+        )
+    claim_s = time.perf_counter() - mark
+
+    def compute(part: tuple[int, int]) -> dict:
+        lo, hi = part
+        try:
+            with connection.cursor() as cursor:
+                # A fresh connection, closed after the part: room for the work tables in
+                # memory (the aggregate table alone is ~35 MB for 5M samples; at the
+                # default 8 MB its pages go out to a file and are read back).
+                cursor.execute("SET temp_buffers = '256MB'")
+            with transaction.atomic(), connection.cursor() as cursor:
+                session_tune(cursor, parallel_workers=0)
+                _temp_tables_reset(cursor)
+                # The marks whose reach touches this part, boundary marks on either side
+                # included; of these it releases those that reach no other part.
+                cursor.execute(
+                    f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
+                    f"SELECT gpu_id, bucket, marked_at FROM {_t(RollupPending)} "
+                    "WHERE bucket >= %s AND bucket < %s",
+                    [max(lo - kb, first), min(hi + kb, end)],
+                )
+                _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=BUCKET_S + 4 * kb)
+                cursor.execute("DELETE FROM fw_isl WHERE thi <= %s OR tlo >= %s", [lo, hi])
+                cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [lo, lo])
+                cursor.execute("UPDATE fw_isl SET thi = %s WHERE thi > %s", [hi, hi])
+                _gpus_load(cursor, source="fw_isl", open_allocations=tick)
+                result = _part_compute(
+                    cursor, now_ts=now_ts, tick=tick, cap=cap, horizon=horizon, part=part
+                )
+                mark = time.perf_counter()
+                inner_lo = None if lo == _EVER[0] else lo + kb
+                inner_hi = None if hi == _EVER[1] else hi - kb
+                _release(cursor, lo=inner_lo, hi=inner_hi)
+                cursor.execute(
+                    "SELECT COUNT(*) FROM fw_claim WHERE bucket >= %s AND bucket < %s",
+                    [max(lo, first), min(hi, end)],
+                )
+                result["buckets"] = int(cursor.fetchone()[0])
+                result["steps"]["release"] = time.perf_counter() - mark
+                return result
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="rollup") as pool:
+        results = [future.result() for future in [pool.submit(compute, p) for p in parts]]
+    steps: dict[str, float] = {"claim": claim_s}
+    for result in results:
+        for key, seconds in result["steps"].items():
+            # The parts run side by side: the slowest one's time is the step's.
+            steps[key] = max(steps.get(key, 0.0), seconds)
+    mark = time.perf_counter()
+    with transaction.atomic(), connection.cursor() as cursor:
+        session_tune(cursor)
+        for result in results:
+            days |= result["days"]
+        days = _days_write(days=days, now_ts=now_ts)
+        steps["daily"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        _release(cursor)
+        steps["release"] = steps.get("release", 0.0) + time.perf_counter() - mark
+    return {
+        "buckets": sum(r["buckets"] for r in results),
+        "more": plan["more"],
+        "gpu_rows": sum(r["gpu_rows"] for r in results),
+        "grid_rows": sum(r["grid_rows"] for r in results),
+        "hourly_rows": sum(r["hourly_rows"] for r in results),
+        "days": len(days),
+        "parts": len(parts),
+        "steps": steps,
+    }
 
 
 def rollups_run_pending(
@@ -1343,9 +1638,11 @@ def rollups_run_pending(
 ) -> dict:
     """Recompute every pending bucket and what depends on it, synchronously.
 
-    Works in chunks of ``FLOPWATCH_ROLLUP_CHUNK`` pending buckets, one transaction each.
-    Returns a summary: buckets, gpu_rows (grid_rows of them by the grid path), hourly_rows,
-    days, chunks, seconds, and ``busy: True`` when another worker held the lock (nothing done here; it does the work).
+    Works in chunks of about ``FLOPWATCH_ROLLUP_CHUNK`` pending buckets, one transaction
+    each, or one per part when a chunk is split over several connections. Returns a
+    summary: buckets, gpu_rows (grid_rows of them by the grid path), hourly_rows, days,
+    chunks, parts (the most connections one chunk was split over), seconds, and
+    ``busy: True`` when another worker held the lock (nothing done here; it does the work).
     ``progress(done, total)`` is called after each chunk.
     """
     now = now or timezone.now()
@@ -1360,24 +1657,28 @@ def rollups_run_pending(
         "hourly_rows": 0,
         "days": 0,
         "chunks": 0,
+        "parts": 1,
     }
-    tick = True
-    while True:
-        result = _chunk_run(now_ts=now_ts, limit=limit, tick=tick)
-        if result is None:
+    with _Lock() as held:
+        if not held:
             summary["busy"] = True
-            break
-        tick = False
-        summary["chunks"] += 1
-        for key in ("buckets", "gpu_rows", "grid_rows", "hourly_rows", "days"):
-            summary[key] += result[key]
-        for key, seconds in result.get("steps", {}).items():
-            summary.setdefault("steps", {}).setdefault(key, 0.0)
-            summary["steps"][key] = round(summary["steps"][key] + seconds, 3)
-        if progress:
-            progress(summary["buckets"], total)
-        if result["buckets"] < limit:
-            break
+            summary["seconds"] = round(time.monotonic() - started, 3)
+            return summary
+        tick = True
+        while True:
+            result = _chunk_run(now_ts=now_ts, limit=limit, tick=tick)
+            tick = False
+            summary["chunks"] += 1
+            for key in ("buckets", "gpu_rows", "grid_rows", "hourly_rows", "days"):
+                summary[key] += result[key]
+            summary["parts"] = max(summary["parts"], result.get("parts", 1))
+            for key, seconds in result.get("steps", {}).items():
+                summary.setdefault("steps", {}).setdefault(key, 0.0)
+                summary["steps"][key] = round(summary["steps"][key] + seconds, 3)
+            if progress:
+                progress(summary["buckets"], total)
+            if not result.get("more"):
+                break
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
 
