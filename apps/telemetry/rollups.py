@@ -1571,11 +1571,29 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
             with transaction.atomic(), connection.cursor() as cursor:
                 session_tune(cursor, parallel_workers=0)
                 _temp_tables_reset(cursor)
-                # The marks whose reach touches this part, boundary marks on either side
-                # included; of these it releases those that reach no other part.
+                pending = _t(RollupPending)
+                inner_lo = first if lo == _EVER[0] else lo + kb
+                inner_hi = end if hi == _EVER[1] else hi - kb
+                # The marks only this part's buckets depend on, of buckets before the last
+                # hour, are deleted as they are claimed (one pass instead of a claim and a
+                # join to release them): nothing marks such a bucket again but late data,
+                # whose writer then waits for this part to commit. Newer marks are marked
+                # again by every agent push, so they are released at the end, and a push
+                # never waits for long.
+                settled = min(inner_hi, now_ts - now_ts % HOUR_S - HOUR_S)
+                cursor.execute(
+                    f"""WITH taken AS (
+                          DELETE FROM {pending} WHERE bucket >= %s AND bucket < %s
+                          RETURNING gpu_id, bucket, marked_at)
+                        INSERT INTO fw_claim (gpu_id, bucket, marked_at)
+                        SELECT gpu_id, bucket, marked_at FROM taken""",
+                    [inner_lo, settled],
+                )
+                # And the others whose reach touches this part, boundary marks on either
+                # side included (the rows just deleted are gone for this transaction).
                 cursor.execute(
                     f"INSERT INTO fw_claim (gpu_id, bucket, marked_at) "
-                    f"SELECT gpu_id, bucket, marked_at FROM {_t(RollupPending)} "
+                    f"SELECT gpu_id, bucket, marked_at FROM {pending} "
                     "WHERE bucket >= %s AND bucket < %s",
                     [max(lo - kb, first), min(hi + kb, end)],
                 )
@@ -1588,9 +1606,8 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
                     cursor, now_ts=now_ts, tick=tick, cap=cap, horizon=horizon, part=part
                 )
                 mark = time.perf_counter()
-                inner_lo = None if lo == _EVER[0] else lo + kb
-                inner_hi = None if hi == _EVER[1] else hi - kb
-                _release(cursor, lo=inner_lo, hi=inner_hi)
+                if settled < inner_hi:
+                    _release(cursor, lo=max(inner_lo, settled), hi=inner_hi)
                 cursor.execute(
                     "SELECT COUNT(*) FROM fw_claim WHERE bucket >= %s AND bucket < %s",
                     [max(lo, first), min(hi, end)],
