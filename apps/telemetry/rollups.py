@@ -26,7 +26,10 @@ How a number is counted (DESIGN.md "Metrics and definitions", made exact here):
 Crash safety: one chunk of pending buckets is claimed, recomputed and deleted from
 ``RollupPending`` in one transaction; a worker killed in the middle rolls back and leaves the
 marks, so the next run does the same work again. Rows are replaced whole (delete + insert),
-never incremented, so any number of runs, in any order, ends with the same rows.
+never incremented, so any number of runs, in any order, ends with the same rows. A large
+chunk is split by time over several connections, each part a transaction of its own; what a
+part cannot finish alone (marks near a cut, the days' rows) stays marked until every part
+has committed (see "Split runs" below).
 
 Every aggregation is one ``INSERT ... SELECT`` over all claimed buckets at once (window
 ``LEAD`` for durations, ``GROUP BY`` for buckets and hours), the same SQL on PostgreSQL and
@@ -1495,7 +1498,9 @@ def _split_plan(*, limit: int) -> dict | None:
     marks) and where to cut it, when the pending work is worth splitting; else None."""
     connections = int(getattr(settings, "FLOPWATCH_ROLLUP_CONNECTIONS", 1))
     least = int(getattr(settings, "FLOPWATCH_ROLLUP_SPLIT_MIN_BUCKETS", 20_000))
-    if not _pg() or connections <= 1:
+    # Inside a caller's transaction the parts, on connections of their own, would not see
+    # what it has not committed: the work then runs unsplit in it.
+    if not _pg() or connections <= 1 or connection.in_atomic_block:
         return None
     with connection.cursor() as cursor:
         cursor.execute(
