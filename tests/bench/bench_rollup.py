@@ -2,35 +2,36 @@
 
 Prints raw samples rolled up per second by ``rollups_run_pending`` (every bucket pending, as
 after a bulk import: 5-minute rows, hourly rows per allocation, daily usage and capacity), and
-in the same run the rate of one bare ``SELECT ... GROUP BY gpu, bucket`` over the same rows as
-the ceiling, and the ratio. Targets: >= 1,000,000 samples/s and >= 50 % of the ceiling.
+in the same round the rate of one bare ``SELECT ... GROUP BY gpu, bucket`` over the same rows
+as the ceiling, and the ratio; then the medians of ``BENCH_ROUNDS`` rounds (default 3), each
+a full rollup of the same samples marked anew. Targets: >= 1,000,000 samples/s and >= 50 %
+of the ceiling.
 
 Run: ``python tests/bench/run.py rollup`` or directly with
 ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/flopwatch_bench`` (it works in its own
 database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
 
-Measured 2026-11-29 on the 2-core box, defaults (9,897,000 samples, 1 parallel worker as set
-below), five runs of the final code: 7.67, 7.99, 8.08, 10.79 and 12.19 s, 812,000-1,290,000
-samples/s (the box's speed changes that much within an hour: the three fast runs came
-together, so did the two slow ones; steps of a fast run: prepare 0.4 s, 5-minute rows 6.1,
-hourly 0.6, daily 0.2, release 0.3). The ceiling moves with the box, the ratio less: 3.1-4.6
-M/s, 25-31 %. So >= 1,000,000 samples/s is met in the fast runs only and >= 50 % of the
-ceiling is missed. Earlier the same day: the exact LEAD statement 35.3 s (280,000/s); the
-first grid path 13.7-19.5 s.
+The ceiling is the fastest that query runs here: under the rollup's own session settings
+(no JIT, 256 MB work_mem), best of two runs with each parallel worker count from none to
+cores - 1, and consuming every aggregate it computes (with a bare ``COUNT(*)`` outside,
+PostgreSQL drops them and times only the grouping).
 
-The ceiling consumes the aggregates it computes (with a bare ``COUNT(*)`` outside,
-PostgreSQL drops them and times only the grouping) and runs under the rollup's own session
-settings (no JIT, 256 MB work_mem, the same parallel workers): with the server defaults it
-spilled its hash table and compiled JIT code, which made it look slower than it is.
+Measured 2026-12-03 on the 2-core box, defaults (9,897,000 samples; the rollup split over 2
+connections, as README advises for a database sharing a 2-core host), five rounds: full
+rollups of 6.65-8.68 s, median 1,376,585 samples/s; ceilings of 2.65-3.32 s (1 parallel
+worker); ratios 37-41 %, median 39 %. So >= 1,000,000 samples/s is met and >= 50 % of the
+ceiling is missed. The box's speed wanders by a third within minutes; the ratio moves less.
+Earlier: the unsplit grid path 7.7-12.2 s (25-31 %), the exact LEAD statement 35.3 s.
 
-Where the time goes (a slow run, about 10 s): the grid aggregation of the 10M samples into
-334,000 per-bucket rows with about 16 aggregates each (parallel CREATE TABLE AS) 4-5 s,
-against 2.7-3 s for the ceiling's six; the insert of 334,000 rows, with its joins for gap
-starters and allocated seconds, 2.0-2.6 s; reading the 104,000 gap starters back by key 0.6
-s; hourly rows 0.7-0.9 s; claim, islands and release about 0.8 s. The exact statement, still
-used for off-grid buckets, sorts every sample for LEAD: that sort and window alone cost 3-4
-times the ceiling.
+Where the time goes (a round of about 7 s): each of the two parts, side by side, claims and
+deletes its 167,000 marks (0.3 s), aggregates its 5 million samples into per-bucket rows
+(2.8 s, against about 2.2 s for the ceiling's per-process share of its query), finds and
+reads back its 52,000 gap starters (0.6 s), inserts its 167,000 5-minute rows with their
+joins and sort (1.4 s: a heap row and two index entries each, about 170 MB of WAL for the
+whole run), and writes its hourly rows (0.5 s); then the coordinator rewrites the two days'
+usage and capacity and releases the marks near the cut (0.3 s). The ceiling's query does
+only the first pass, on both cores, plus a merge of its partial groups (0.5 s).
 """
 
 from __future__ import annotations
