@@ -57,6 +57,19 @@ def _remark_all(marks: set[tuple[int, int]]) -> None:
     rollup_pending_mark(pairs=marks)
 
 
+def _reference(settings, seed: int) -> tuple[set[tuple[int, int]], dict]:
+    """The random world of ``seed`` rolled up unsplit: what it marked and the rows; then
+    every rollup row gone and the same marks pending again."""
+    _random_fleet(seed)
+    marks = _marks()
+    settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
+    assert rollups.rollups_run_pending(now=NOW)["parts"] == 1
+    whole = _rounded()
+    assert whole["5m"] and whole["hourly"] and whole["usage"]
+    _remark_all(marks)
+    return marks, whole
+
+
 def _split_settings(settings, connections: int) -> None:
     settings.FLOPWATCH_ROLLUP_CONNECTIONS = connections
     settings.FLOPWATCH_ROLLUP_SPLIT_MIN_BUCKETS = 2
@@ -65,14 +78,7 @@ def _split_settings(settings, connections: int) -> None:
 @pytest.mark.parametrize("mode", ["never", "always"])
 def test_split_run_gives_the_rows_of_an_unsplit_one(settings, pg_committed, mode):
     settings.FLOPWATCH_ROLLUP_GRID_PATH = mode
-    _random_fleet(7)
-    marks = _marks()
-    settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
-    summary = rollups.rollups_run_pending(now=NOW)
-    assert summary["parts"] == 1
-    whole = _rounded()
-    assert whole["5m"] and whole["hourly"] and whole["usage"]
-
+    marks, whole = _reference(settings, 7)
     for connections in (2, 3):
         _remark_all(marks)
         _split_settings(settings, connections)
@@ -86,12 +92,7 @@ def test_split_run_gives_the_rows_of_an_unsplit_one(settings, pg_committed, mode
 
 
 def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
-    _random_fleet(8)
-    marks = _marks()
-    settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
-    rollups.rollups_run_pending(now=NOW)
-    whole = _rounded()
-    _remark_all(marks)
+    _, whole = _reference(settings, 8)
     _split_settings(settings, 2)
     # About an hour and a half of marks per chunk: each chunk takes whole hours.
     summary = rollups.rollups_run_pending(now=NOW, chunk=int(RollupPending.objects.count() / 2))
@@ -103,12 +104,7 @@ def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
 def test_split_run_failing_after_a_part_committed_leaves_its_work_marked(
     settings, pg_committed, monkeypatch
 ):
-    _random_fleet(9)
-    marks = _marks()
-    settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
-    rollups.rollups_run_pending(now=NOW)
-    whole = _rounded()
-    _remark_all(marks)
+    _, whole = _reference(settings, 9)
     total = RollupPending.objects.count()
     _split_settings(settings, 2)
 
