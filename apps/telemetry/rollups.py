@@ -1373,11 +1373,14 @@ def _part_compute(
         )
     else:
         lo, hi = now_ts - HOUR_S, now_ts
+    # Every allocation overlapping the hours to recompute, not only the islands: an hour's
+    # rows are rewritten for every allocation of the GPU in it, including one that ended
+    # long before the island's first bucket.
     _allocations_load(
         cursor,
         now_ts=now_ts,
-        lo=int(lo) - kb,
-        hi=max(int(hi) + kb, now_ts),
+        lo=(int(lo) - kb) // HOUR_S * HOUR_S,
+        hi=max(-(-(int(hi) + kb) // HOUR_S) * HOUR_S, now_ts),
         open_hours=tick,
         part=part,
     )

@@ -230,3 +230,22 @@ def test_slow_gpu_held_open_is_cut_right_when_the_tick_recomputes_it_beside_othe
     rollups_run_pending(now=NOW)
     again = hourly(job, slow, 82800)
     assert (again.allocated_s, again.observed_s, again.busy_s) == (2980, 2980, 1490)
+
+
+def test_late_sample_at_the_end_of_an_hour_keeps_the_hours_earlier_allocations():
+    """A late sample near the end of an hour recomputes that hour's rows for its GPU: an
+    allocation that ended early in the hour, long before the sample, keeps its row."""
+    (gpu,) = fleet(interval=10)
+    samples(gpu, range(0, 3600, 10), util_pct=0.0)
+    early = allocate(external_id="early", gpus=[gpu], start=0, end=120)
+    late = allocate(external_id="late", gpus=[gpu], start=1800, end=3600)
+    rollups_run_pending(now=NOW)
+    before = hourly(early, gpu)
+    assert (before.allocated_s, before.observed_s, before.idle_s) == (120, 120, 120)
+    # The agent's spool delivers one more sample, in the hour's last bucket (3295 is off
+    # the grid: no sample was stored there).
+    samples(gpu, [3295], util_pct=100.0)
+    rollups_run_pending(now=NOW)
+    after = hourly(early, gpu)
+    assert (after.allocated_s, after.observed_s, after.idle_s) == (120, 120, 120)
+    assert hourly(late, gpu).allocated_s == 1800
