@@ -1674,7 +1674,8 @@ def rollups_run_pending(
     now_ts = _epoch(now)
     limit = chunk or int(getattr(settings, "FLOPWATCH_ROLLUP_CHUNK", 500_000))
     started = time.monotonic()
-    total = RollupPending.objects.count()
+    # Only a progress bar needs the total (a count of every mark: 30 ms for 334,000).
+    total = RollupPending.objects.count() if progress else 0
     summary: dict = {
         "buckets": 0,
         "gpu_rows": 0,
