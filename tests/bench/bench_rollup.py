@@ -10,7 +10,7 @@ of the ceiling.
 Run: ``python tests/bench/run.py rollup`` or directly with
 ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/flopwatch_bench`` (it works in its own
 database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
-``BENCH_SAMPLES_PER_GPU`` scale it down (defaults 1,000 and 10,000).
+``BENCH_SAMPLES_PER_GPU`` scale it (defaults 1,000 and 10,000).
 
 The ceiling is the fastest that query runs here: under the rollup's own session settings
 (no JIT, 256 MB work_mem), best of two runs with each parallel worker count from none to
@@ -23,6 +23,15 @@ rounds: full rollups of 6.65-8.68 s and 6.21-7.79 s, medians 1,376,585 and 1,548
 samples/s; ceilings of 2.33-3.32 s (1 parallel worker); ratios 37-41 % and 35-44 %, medians
 39 % and 37 %. So >= 1,000,000 samples/s is met and >= 50 % of the ceiling is missed. The
 box's speed wanders by a third within minutes; the ratio moves less.
+
+Then ``BENCH_TICKS`` (default 5) beat ticks of the steady state, each after one more minute
+of samples from every GPU: 0.77-1.02 s, median 0.90 s (claim and islands 0.1 s, 5-minute rows
+0.3 s, hourly rows 0.2 s, today's and yesterday's daily usage and capacity 0.25 s). At
+10,000 GPUs (``BENCH_GPUS=10000 BENCH_SAMPLES_PER_GPU=2000``, 19,790,000 samples, one round):
+the full rollup 21.08 s in two chunks, 938,976 samples/s, 40 % of the ceiling; ticks
+3.46-4.30 s, median 3.94 s, of which the daily rows about 0.9 s (they read the two days' 5-minute
+rows, so a tick late in the day costs a few seconds more).
+
 Earlier: the unsplit grid path 7.7-12.2 s (25-31 %), the exact LEAD statement 35.3 s.
 
 Where the time goes (a round of about 7 s): each of the two parts, side by side, claims and
@@ -56,6 +65,9 @@ PER_GPU = int(os.environ.get("BENCH_SAMPLES_PER_GPU", "10000"))
 # figure (this box's speed wanders by a third within minutes, the ceiling's with it).
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 INTERVAL = 10
+# Beat ticks of the steady state timed after the rounds, each after a minute of samples.
+TICKS = int(os.environ.get("BENCH_TICKS", "5"))
+TICK_S = 60
 BASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flopwatch_bench")
 DB_URL = BASE_URL + "_rollup"
 
@@ -95,7 +107,7 @@ def seed(*, t0: int) -> int:
             for i in range(8)
         )
     for index, gpu in enumerate(gpus):
-        start = t0 + 1234 + index
+        start = t0 + 1234 + index % 1000  # before every closed one's end, at any scale
         end = None if index % 2 else t0 + PER_GPU * INTERVAL // 2 + 17
         allocation = Allocation.objects.create(
             source="bench",
@@ -106,25 +118,11 @@ def seed(*, t0: int) -> int:
         )
         AllocationGpu.objects.create(allocation=allocation, gpu=gpu)
     raw_partitions_ensure(start_ts=t0, end_ts=t0 + PER_GPU * INTERVAL)
+    # Time-major, as agents deliver them (heap order is arrival order, not GPU order).
+    # Activity from NVML only on odd GPUs, DCGM sm_active on even ones; every 97th sample of
+    # a GPU missing (a gap of two intervals), idle stretches, memory held.
+    samples_insert(connection=connection, t0=t0, first=0, count=PER_GPU)
     with connection.cursor() as cursor:
-        # Time-major, as agents deliver them (heap order is arrival order, not GPU order).
-        # Activity from NVML only on odd GPUs, DCGM sm_active on even ones; every 97th
-        # sample of a GPU missing (a gap of two intervals), idle stretches, memory held.
-        cursor.execute(
-            """
-            INSERT INTO telemetry_rawsample (gpu_id, ts, util_pct, sm_active, mem_used_mib,
-                                             power_w)
-            SELECT g.id, %s + %s * n,
-                   ((g.id * 7 + n * 13) %% 101)::float8,
-                   CASE WHEN g.id %% 2 = 0 THEN ((g.id + n) %% 100) / 100.0 END,
-                   CASE WHEN n %% 50 < 10 THEN 0 ELSE 40960 END,
-                   300 + (n %% 200)
-            FROM generate_series(0, %s - 1) AS n CROSS JOIN fleet_gpu g
-            WHERE n %% 97 <> 50
-            ORDER BY n, g.id
-            """,
-            [t0, INTERVAL, PER_GPU],
-        )
         cursor.execute("SELECT COUNT(*) FROM telemetry_rawsample")
         return cursor.fetchone()[0]
 
@@ -151,6 +149,53 @@ def remark(*, connection) -> None:
         # Write out the dirty pages now, so that the checkpoint they would trigger does not
         # run in the background of the timed rollup (and of the ceiling after it).
         cursor.execute("CHECKPOINT")
+
+
+def samples_insert(*, connection, t0: int, first: int, count: int) -> None:
+    """Samples ``first`` to ``first + count - 1`` of every GPU (see ``seed``), time-major."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO telemetry_rawsample (gpu_id, ts, util_pct, sm_active, mem_used_mib,
+                                             power_w)
+            SELECT g.id, %s + %s * n,
+                   ((g.id * 7 + n * 13) %% 101)::float8,
+                   CASE WHEN g.id %% 2 = 0 THEN ((g.id + n) %% 100) / 100.0 END,
+                   CASE WHEN n %% 50 < 10 THEN 0 ELSE 40960 END,
+                   300 + (n %% 200)
+            FROM generate_series(%s, %s - 1) AS n CROSS JOIN fleet_gpu g
+            WHERE n %% 97 <> 50
+            ORDER BY n, g.id
+            """,
+            [t0, INTERVAL, first, first + count],
+        )
+
+
+def tick_seconds(*, connection, t0: int) -> list[float]:
+    """The steady state after the backlog: ``TICKS`` beat ticks, each after one more minute
+    of samples from every GPU, marked as ingest marks them (their buckets and the ones their
+    time spills into), rolled up with ``now`` at the minute's end (open allocations grow)."""
+    from apps.fleet.models import Gpu
+    from apps.telemetry.pending import bucket_of, rollup_pending_mark
+    from apps.telemetry.rollups import rollups_run_pending
+    from apps.telemetry.storage import raw_partitions_ensure
+
+    per_tick = TICK_S // INTERVAL
+    gpu_ids = list(Gpu.objects.values_list("id", flat=True))
+    end = t0 + PER_GPU * INTERVAL
+    raw_partitions_ensure(start_ts=end, end_ts=end + TICKS * TICK_S)
+    seconds = []
+    for k in range(TICKS):
+        first = PER_GPU + k * per_tick
+        samples_insert(connection=connection, t0=t0, first=first, count=per_tick)
+        ts = [t0 + INTERVAL * n for n in range(first, first + per_tick)]
+        buckets = {bucket_of(t) for t in ts} | {bucket_of(t + 2 * INTERVAL) for t in ts}
+        rollup_pending_mark(pairs=((g, b) for g in gpu_ids for b in buckets))
+        now = dt.datetime.fromtimestamp(ts[-1] + INTERVAL, tz=dt.UTC)
+        started = time.perf_counter()
+        rollups_run_pending(now=now)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 CEILING_SQL = """
@@ -239,6 +284,13 @@ def main() -> int:
             f"{AllocationGpuHourly.objects.count():,} hourly rows); ceiling (bare SELECT ... "
             f"GROUP BY gpu, bucket, {workers} parallel worker(s)) {ceiling_s:.2f} s, "
             f"{rows / ceiling_s:,.0f} raw samples/s; ratio {ratio:.0%}; steps {summary.get('steps')}"
+        )
+    ticks = tick_seconds(connection=connection, t0=t0)
+    if ticks:
+        print(
+            f"steady state: {len(ticks)} beat ticks, each after one minute of samples from "
+            f"every GPU ({GPUS * TICK_S // INTERVAL:,} samples): median "
+            f"{statistics.median(ticks):.2f} s, {min(ticks):.2f}-{max(ticks):.2f} s"
         )
     rate, ratio = statistics.median(rates), statistics.median(ratios)
     print(
