@@ -121,3 +121,14 @@ def snapshot() -> dict:
         "usage": rows(UsageDaily),
         "capacity": rows(CapacityDaily),
     }
+
+
+def rounded_snapshot() -> dict:
+    """``snapshot()`` with floats to 12 significant digits: the same sums over the same rows,
+    added up in another order (another chunking, another plan), may differ in the last bits."""
+    return {
+        name: [
+            tuple(float(f"{v:.12g}") if isinstance(v, float) else v for v in row) for row in rows
+        ]
+        for name, rows in snapshot().items()
+    }

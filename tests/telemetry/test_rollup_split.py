@@ -25,7 +25,7 @@ from apps.telemetry.models import (
 from apps.telemetry.pending import rollup_pending_mark
 from tests.conftest import database_is_postgres, require, test_database_url
 from tests.telemetry.test_rollup_grid import _random_fleet
-from tests.telemetry.test_rollup_helpers import NOW, T0, snapshot
+from tests.telemetry.test_rollup_helpers import NOW, T0, rounded_snapshot
 
 DAY0 = dt.date(1970, 1, 1) + dt.timedelta(days=T0 // 86400)
 
@@ -33,17 +33,6 @@ DAY0 = dt.date(1970, 1, 1) + dt.timedelta(days=T0 // 86400)
 @pytest.fixture
 def pg_committed(transactional_db):
     require(database_is_postgres(), "this test needs PostgreSQL (set DATABASE_URL)")
-
-
-def _rounded() -> dict:
-    # The same sums over the same rows, added up in another order by another plan, may
-    # differ in the last bits: 12 significant digits are compared.
-    return {
-        name: [
-            tuple(float(f"{v:.12g}") if isinstance(v, float) else v for v in row) for row in rows
-        ]
-        for name, rows in snapshot().items()
-    }
 
 
 def _marks() -> set[tuple[int, int]]:
@@ -64,7 +53,7 @@ def _reference(settings, seed: int) -> tuple[set[tuple[int, int]], dict]:
     marks = _marks()
     settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
     assert rollups.rollups_run_pending(now=NOW)["parts"] == 1
-    whole = _rounded()
+    whole = rounded_snapshot()
     assert whole["5m"] and whole["hourly"] and whole["usage"]
     _remark_all(marks)
     return marks, whole
@@ -88,7 +77,7 @@ def test_split_run_gives_the_rows_of_an_unsplit_one(settings, pg_committed, mode
         assert summary["parts"] == connections
         assert not RollupPending.objects.exists()
         assert not RollupPendingDay.objects.exists()
-        assert _rounded() == whole
+        assert rounded_snapshot() == whole
 
 
 def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
@@ -98,7 +87,7 @@ def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
     summary = rollups.rollups_run_pending(now=NOW, chunk=int(RollupPending.objects.count() / 2))
     assert summary["chunks"] >= 2
     assert not RollupPending.objects.exists()
-    assert _rounded() == whole
+    assert rounded_snapshot() == whole
 
 
 def test_split_run_failing_after_a_part_committed_leaves_its_work_marked(
@@ -152,7 +141,7 @@ def test_split_run_failing_after_a_part_committed_leaves_its_work_marked(
     rollups.rollups_run_pending(now=NOW)
     assert not RollupPending.objects.exists()
     assert not RollupPendingDay.objects.exists()
-    assert _rounded() == whole
+    assert rounded_snapshot() == whole
 
 
 def test_pending_days_are_rewritten_by_the_next_run(settings, pg_committed):

@@ -18,16 +18,18 @@ from apps.telemetry.models import (
     GpuRollup5m,
     RawSample,
     RollupPending,
+    RollupPendingDay,
     UsageDaily,
+    UsageHourly,
 )
 from apps.telemetry.pending import bucket_of, rollup_pending_mark
 from apps.telemetry.rollups import rollups_run_pending
-from tests.conftest import PASSWORD, require, start_celery_worker
-from tests.telemetry.test_rollup_helpers import snapshot
+from tests.conftest import PASSWORD, database_is_postgres, require, start_celery_worker
+from tests.telemetry.test_rollup_helpers import rounded_snapshot, snapshot
 
 
-def _recent_world(base: int) -> None:
-    """4 GPUs x 2 hours of samples ending now-ish, two closed allocations."""
+def _recent_world(base: int, *, hours: int = 2) -> None:
+    """4 GPUs x ``hours`` of samples ending now-ish, two closed allocations."""
     from apps.fleet.models import Cluster, Gpu, Node
     from apps.telemetry.storage import raw_partitions_ensure, raw_partitions_forget
     from apps.tenancy.models import Allocation, AllocationGpu, Project, Team
@@ -41,7 +43,7 @@ def _recent_world(base: int) -> None:
     team = Team.objects.create(slug="kt", name="KT")
     project = Project.objects.create(team=team, slug="kp", name="KP")
     raw_partitions_forget()
-    raw_partitions_ensure(start_ts=base, end_ts=base + 7200)
+    raw_partitions_ensure(start_ts=base, end_ts=base + hours * 3600)
     rows = [
         RawSample(
             gpu=gpu,
@@ -50,7 +52,7 @@ def _recent_world(base: int) -> None:
             mem_used_mib=4096.0 if o % 600 < 300 else 0.0,
         )
         for i, gpu in enumerate(gpus)
-        for o in range(0, 7200, 10)
+        for o in range(0, hours * 3600, 10)
     ]
     RawSample.objects.bulk_create(rows)
     rollup_pending_mark(pairs={(r.gpu_id, bucket_of(r.ts)) for r in rows})
@@ -67,31 +69,26 @@ def _recent_world(base: int) -> None:
         )
 
 
-def _run_until_done(now: dt.datetime) -> None:
+def _run_until_done(now: dt.datetime) -> dict:
+    """Run the rollup once the lock is free; its summary."""
     # A killed worker's transaction is rolled back when its connection closes; until the
     # server notices, the lock still looks held.
     deadline = time.monotonic() + 30
-    while rollups_run_pending(now=now).get("busy"):
+    while (summary := rollups_run_pending(now=now)).get("busy"):
         assert time.monotonic() < deadline, "rollup lock never released"
         time.sleep(0.1)
+    return summary
 
 
-def test_worker_killed_mid_run_then_next_run_equals_an_uninterrupted_one(
-    transactional_db, redis_url, tmp_path
-):
+def _kill_mid_run(*, tmp_path, extra_env: dict) -> None:
+    """Start the rollup task in a real worker and SIGKILL it once some of the work has
+    committed and some is still pending."""
     from apps.celery import app
     from apps.telemetry.tasks import rollups_run_pending_task
 
-    now = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
-    base = int(now.timestamp()) - 3 * 3600
-    base -= base % 300
-    _recent_world(base)
     total = RollupPending.objects.count()
     queue = f"test-rollup-{uuid.uuid4().hex[:8]}"
-    # One bucket per transaction, so the run is long enough to be caught in the middle.
-    worker = start_celery_worker(
-        queue=queue, log_path=tmp_path / "worker.log", extra_env={"FLOPWATCH_ROLLUP_CHUNK": "1"}
-    )
+    worker = start_celery_worker(queue=queue, log_path=tmp_path / "worker.log", extra_env=extra_env)
     killed_at = None
     try:
         rollups_run_pending_task.apply_async(queue=queue)
@@ -111,19 +108,67 @@ def test_worker_killed_mid_run_then_next_run_equals_an_uninterrupted_one(
     require(killed_at is not None, f"the worker never got going:\n{_log(tmp_path)}")
     left = RollupPending.objects.count()
     assert 0 < left < total  # part done and committed, the rest still pending
-    _run_until_done(now)
-    assert RollupPending.objects.count() == 0
-    interrupted = snapshot()
 
-    # The same from scratch, uninterrupted.
-    for model in (GpuRollup5m, AllocationGpuHourly, UsageDaily, CapacityDaily):
+
+def _from_scratch(now: dt.datetime) -> dict:
+    """Every rollup row gone, every sample's bucket marked again, and one uninterrupted run;
+    its summary."""
+    for model in (GpuRollup5m, AllocationGpuHourly, UsageHourly, UsageDaily, CapacityDaily):
         model.objects.all().delete()
     rollup_pending_mark(
         pairs={(g, bucket_of(ts)) for g, ts in RawSample.objects.values_list("gpu_id", "ts")}
     )
+    return _run_until_done(now)
+
+
+def test_worker_killed_mid_run_then_next_run_equals_an_uninterrupted_one(
+    transactional_db, redis_url, tmp_path
+):
+    now = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    base = int(now.timestamp()) - 3 * 3600
+    base -= base % 300
+    _recent_world(base)
+    # One bucket per transaction, so the run is long enough to be caught in the middle.
+    _kill_mid_run(tmp_path=tmp_path, extra_env={"FLOPWATCH_ROLLUP_CHUNK": "1"})
     _run_until_done(now)
+    assert RollupPending.objects.count() == 0
+    interrupted = snapshot()
+
+    _from_scratch(now)
     assert snapshot() == interrupted
     assert interrupted["hourly"] and interrupted["5m"]
+
+
+def test_worker_killed_mid_split_run_then_next_run_equals_an_uninterrupted_one(
+    transactional_db, redis_url, tmp_path, settings
+):
+    """The same with the work split by time over two connections, each part committing on
+    its own: the kill lands between parts' commits, before the coordinator has rewritten
+    the days and released the marks near the cuts."""
+    require(database_is_postgres(), "a split rollup needs PostgreSQL (set DATABASE_URL)")
+    split = {
+        "FLOPWATCH_ROLLUP_CONNECTIONS": "2",
+        "FLOPWATCH_ROLLUP_SPLIT_MIN_BUCKETS": "2",
+        # About three hours of the four GPUs' marks per chunk, each split in two parts.
+        "FLOPWATCH_ROLLUP_CHUNK": "150",
+    }
+    for name, value in split.items():
+        setattr(settings, name, int(value))
+    now = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    base = int(now.timestamp()) - 13 * 3600
+    base -= base % 300
+    _recent_world(base, hours=12)
+    _kill_mid_run(tmp_path=tmp_path, extra_env=split)
+    _run_until_done(now)
+    assert not RollupPending.objects.exists()
+    assert not RollupPendingDay.objects.exists()
+    interrupted = rounded_snapshot()
+
+    summary = _from_scratch(now)
+    assert summary["parts"] == 2 and summary["chunks"] >= 2
+    # Other chunks and cuts add the same numbers in another order: 12 significant digits.
+    assert rounded_snapshot() == interrupted
+    assert interrupted["hourly"] and interrupted["5m"] and interrupted["usage"]
 
 
 def _log(tmp_path) -> str:
