@@ -454,7 +454,7 @@ _GRID_MIN_INTERVAL = 5
 
 _GRID_AGG_COLUMNS = (
     "gpu_id, b, step, n, ok, bits, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, "
-    "sm_mean, mem_mean, mem_max, pow_mean, n_prof, n_src"
+    "sm_mean, mem_mean, mem_max, pow_mean, n_prof"
 )
 _GRID_TABLES = {
     "fw_isl0": "gpu_id bigint, tlo bigint, thi bigint",
@@ -463,7 +463,7 @@ _GRID_TABLES = {
         "n_act bigint, s_act double precision, n_idle bigint, n_held bigint, "
         "s_pow double precision, util_mean double precision, util_max double precision, "
         "sm_mean double precision, mem_mean double precision, mem_max double precision, "
-        "pow_mean double precision, n_prof bigint, n_src bigint"
+        "pow_mean double precision, n_prof bigint"
     ),
     "fw_bad": "gpu_id bigint, b bigint",
     "fw_gsk": (
@@ -601,8 +601,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                    CASE WHEN n_sm > 0 THEN s_sm ELSE s_util / 100.0 END,
                    idle_held %% 1000, idle_held / 1000, s_pow,
                    s_util / NULLIF(n_util, 0), util_max, s_sm / NULLIF(n_sm, 0),
-                   s_mem / NULLIF(n_mem, 0), mem_max, s_pow / NULLIF(n_pow, 0), n_sm,
-                   CASE WHEN n_sm > 0 THEN n_sm ELSE n_util END
+                   s_mem / NULLIF(n_mem, 0), mem_max, s_pow / NULLIF(n_pow, 0), n_sm
             FROM (
                 SELECT gpu_id, (ts / {BUCKET_S}) * {BUCKET_S} AS b, COUNT(*) AS n,
                        MAX(ts %% {step}) AS off, {n_gr} AS n_gr, {bits} AS bits,
@@ -795,7 +794,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                    AS held,
                    a.util_mean, a.util_max, a.sm_mean, a.mem_mean, a.mem_max, a.pow_mean,
                    a.step * (a.s_pow + COALESCE(x.s_pow, 0)) AS energy,
-                   a.n_prof, a.n_src
+                   -- A clean bucket's samples with activity are those of its one source.
+                   a.n_prof, a.n_act AS n_src
             FROM fw_agg a
             {inside.format(a="a", b="a.b")}
             LEFT JOIN fw_gsa x ON x.gpu_id = a.gpu_id AND x.b = a.b
