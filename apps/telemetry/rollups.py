@@ -1346,6 +1346,15 @@ def session_tune(cursor, *, parallel_workers: int | None = None) -> None:
         cursor.execute(f"SET LOCAL max_parallel_workers_per_gather = {int(workers)}")
 
 
+def _reach(cap: int) -> tuple[int, int]:
+    """How far a changed sample reaches, for the longest ``cap`` (2 intervals) it may have:
+    ``kb`` seconds, whole buckets, either side (its own time spills forward, its
+    predecessor's comes from behind); and the ``gap`` under which two islands of buckets
+    are read as one."""
+    kb = max(1, -(-cap // BUCKET_S)) * BUCKET_S
+    return kb, BUCKET_S + 4 * kb
+
+
 def _part_compute(
     cursor, *, now_ts: int, tick: bool, cap: int, horizon: int, part: tuple[int, int]
 ) -> dict:
@@ -1355,10 +1364,10 @@ def _part_compute(
     touched (whose daily rows the caller recomputes)."""
     steps: dict[str, float] = {}
     mark = time.perf_counter()
-    k = max(1, -(-cap // BUCKET_S))
-    kb = k * BUCKET_S
-    gap = BUCKET_S + 4 * kb
-    cursor.executemany("INSERT INTO fw_off (j) VALUES (%s)", [(j,) for j in range(k + 1)])
+    kb, gap = _reach(cap)
+    cursor.executemany(
+        "INSERT INTO fw_off (j) VALUES (%s)", [(j,) for j in range(kb // BUCKET_S + 1)]
+    )
     cursor.execute("SELECT MIN(tlo), MAX(thi), MAX(thi - tlo) FROM fw_isl")
     lo, hi, longest = cursor.fetchone()
     if lo is not None:
@@ -1444,10 +1453,10 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict:
         if claimed == 0 and not tick and not RollupPendingDay.objects.exists():
             return {"buckets": 0, "gpu_rows": 0, "grid_rows": 0, "hourly_rows": 0, "days": 0}
         cap = _gpus_load(cursor, source="fw_claim", open_allocations=tick)
-        kb = max(1, -(-cap // BUCKET_S)) * BUCKET_S
-        # Islands of buckets to recompute: the claimed ones widened by the k buckets a
-        # changed sample can reach (its own spill forward, its predecessor's time backward).
-        _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=BUCKET_S + 4 * kb)
+        kb, gap = _reach(cap)
+        # Islands of buckets to recompute: the claimed ones widened by the buckets a changed
+        # sample can reach.
+        _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=gap)
         steps = {"claim": time.perf_counter() - mark}
         result = _part_compute(
             cursor, now_ts=now_ts, tick=tick, cap=cap, horizon=horizon, part=_EVER
@@ -1550,7 +1559,7 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
         # boundary claim must agree on it before any part has read its marks.
         cursor.execute("SELECT MAX(sample_interval_s) FROM fleet_node")
         cap = 2 * int(cursor.fetchone()[0] or settings.FLOPWATCH_DEFAULT_INTERVAL_S)
-    kb = max(1, -(-cap // BUCKET_S)) * BUCKET_S
+    kb, gap = _reach(cap)
     days = set(range((first - kb) // DAY_S, (end + kb) // DAY_S + 1))
     if tick:
         days |= {now_ts // DAY_S, now_ts // DAY_S - 1}
@@ -1605,7 +1614,7 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
                     "WHERE bucket >= %s AND bucket < %s",
                     [max(lo - kb, first), min(hi + kb, end)],
                 )
-                _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=BUCKET_S + 4 * kb)
+                _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=gap)
                 cursor.execute("DELETE FROM fw_isl WHERE thi <= %s OR tlo >= %s", [lo, hi])
                 cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [lo, lo])
                 cursor.execute("UPDATE fw_isl SET thi = %s WHERE thi > %s", [hi, hi])
