@@ -1420,6 +1420,15 @@ def _part_compute(
     }
 
 
+def _clock_days(*, now_ts: int, tick: bool) -> set[int]:
+    """The days the tick rewrites whatever was marked, today and yesterday: capacity and
+    open allocations grow with the clock."""
+    if not tick:
+        return set()
+    today = now_ts // DAY_S
+    return {today, today - 1}
+
+
 def _days_write(*, days: set[int], now_ts: int) -> set[int]:
     """Rewrite the daily usage and capacity rows of ``days`` (day numbers since the epoch)
     and of every pending day mark, and delete those marks; returns the days written."""
@@ -1463,11 +1472,9 @@ def _chunk_run(*, now_ts: int, limit: int, tick: bool) -> dict:
         )
         steps.update(result["steps"])
         mark = time.perf_counter()
-        days = result["days"]
-        if tick:
-            today = now_ts // DAY_S
-            days |= {today, today - 1}
-        days = _days_write(days=days, now_ts=now_ts)
+        days = _days_write(
+            days=result["days"] | _clock_days(now_ts=now_ts, tick=tick), now_ts=now_ts
+        )
         steps["daily"] = time.perf_counter() - mark
         mark = time.perf_counter()
         _release(cursor)
@@ -1561,8 +1568,7 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
         cap = 2 * int(cursor.fetchone()[0] or settings.FLOPWATCH_DEFAULT_INTERVAL_S)
     kb, gap = _reach(cap)
     days = set(range((first - kb) // DAY_S, (end + kb) // DAY_S + 1))
-    if tick:
-        days |= {now_ts // DAY_S, now_ts // DAY_S - 1}
+    days |= _clock_days(now_ts=now_ts, tick=tick)
     with transaction.atomic(), connection.cursor() as cursor:
         _temp_tables_reset(cursor)
         near = " OR ".join(["(bucket >= %s AND bucket < %s)"] * len(cuts))
