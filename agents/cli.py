@@ -39,7 +39,7 @@ def make_source(cfg: Config) -> Source:
     if cfg.source == "nvml":
         from agents.sources.nvml import NvmlSource
 
-        return NvmlSource()
+        return NvmlSource(first_window_s=cfg.interval)
     if cfg.source == "dcgm":
         from agents.sources.dcgm import DcgmSource
 

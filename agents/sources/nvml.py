@@ -2,13 +2,20 @@
 
 Utilization is the mean of NVML's own utilization samples since the previous read
 (``nvmlDeviceGetSamples(..., NVML_GPU_UTILIZATION_SAMPLES, last_seen)``), not one
-instantaneous reading. Every call may fail with ``NVMLError`` (``NOT_SUPPORTED`` on MIG,
-older GPUs, vGPU); the field is then null, never a crash.
+instantaneous reading. The first read of a GPU takes the samples of the last
+``first_window_s`` only: NVML's buffer reaches back before the agent started (an H200 keeps
+71 samples, 14 s), and a job that just ended would show up in the new agent's first sample.
+NVML sample timestamps are epoch microseconds (an H200 samples every 200 ms; measured).
+Every call may fail with ``NVMLError`` (``NOT_SUPPORTED`` on MIG, older GPUs, vGPU); the
+field is then null, never a crash.
 
 Idle-100 % quirk: some boards (the L40S capture) report 100 % utilization with no process
 and 0 MiB used. A kernel cannot run without a context, so when the process list is known
-to be empty and memory used is below :data:`NO_CONTEXT_MIB`, ``util_pct`` is reported as 0
-and the GPU carries the note ``util_no_context`` so pages can say why.
+to be empty and memory used is below :data:`NO_CONTEXT_MIB` at this read *and* the one
+before, ``util_pct`` is reported as 0 and the GPU carries the note ``util_no_context`` so
+pages can say why. One empty read is not enough: a job that ended during the interval was
+busy for part of it, and its samples are real (on a real H200, memory used reads 0 MiB the
+moment the job's context is gone).
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ class NvmlSource:
 
     name = "nvml"
 
-    def __init__(self, *, nvml: Any = None) -> None:
+    def __init__(self, *, nvml: Any = None, first_window_s: float = 10.0) -> None:
         if nvml is None:
             import pynvml as nvml
         self.nvml = nvml
         nvml.nvmlInit()
         self._last_seen: dict[str, int] = {}
+        self.first_window_s = first_window_s
+        self._had_context: dict[str, bool] = {}
+        self._mem_v2 = hasattr(nvml, "nvmlMemory_v2")
         # XIDs arrive as events, not as a readable value: register each device once and
         # drain the event set without blocking every tick. The last XID per GPU is reported
         # (0 = none since start, like dcgm-exporter's DCGM_FI_DEV_XID_ERRORS gauge).
@@ -51,9 +61,11 @@ class NvmlSource:
     def _s(v: Any) -> Any:
         return v.decode() if isinstance(v, bytes) else v
 
-    def _util(self, uuid: str, handle: Any) -> float | None:
+    def _util(self, uuid: str, handle: Any, now: float) -> float | None:
         n = self.nvml
-        last = self._last_seen.get(uuid, 0)
+        last = self._last_seen.get(uuid)
+        if last is None:
+            last = max(0, int((now - self.first_window_s) * 1e6))
         try:
             _vtype, samples = n.nvmlDeviceGetSamples(handle, n.NVML_GPU_UTILIZATION_SAMPLES, last)
         except n.NVMLError as exc:
@@ -66,6 +78,19 @@ class NvmlSource:
             return round(sum(float(s.sampleValue.uiVal) for s in fresh) / len(fresh), 1)
         rates = self._try(n.nvmlDeviceGetUtilizationRates, handle)
         return float(rates.gpu) if rates is not None else None
+
+    def _memory(self, handle: Any) -> Any:
+        """Memory info as nvidia-smi shows it: v2, whose ``used`` leaves out the driver's
+        reservation. v1 counts it as used (615 MiB on an idle H200, measured), which would
+        make every idle GPU look like it holds memory; drivers before R510 only have v1."""
+        n = self.nvml
+        if self._mem_v2:
+            try:
+                return n.nvmlDeviceGetMemoryInfo(handle, version=n.nvmlMemory_v2)
+            except n.NVMLError as exc:
+                if getattr(exc, "value", None) == n.NVML_ERROR_FUNCTION_NOT_FOUND:
+                    self._mem_v2 = False  # old driver: never ask again
+        return self._try(n.nvmlDeviceGetMemoryInfo, handle)
 
     def _register_xid(self, uuid: str, handle: Any) -> None:
         if self._events is None or uuid in self._registered:
@@ -100,7 +125,7 @@ class NvmlSource:
         n = self.nvml
         uuid = self._s(n.nvmlDeviceGetUUID(handle))
         self._register_xid(uuid, handle)
-        mem = self._try(n.nvmlDeviceGetMemoryInfo, handle)
+        mem = self._memory(handle)
         procs_raw = self._try(n.nvmlDeviceGetComputeRunningProcesses, handle)
         procs = (
             None
@@ -127,10 +152,12 @@ class NvmlSource:
             processes=procs,
         )
         used = int(mem.used // 2**20) if mem is not None else None
-        util = self._util(uuid, handle)
-        if util and procs == [] and used is not None and used < NO_CONTEXT_MIB:
+        util = self._util(uuid, handle, now)
+        no_context = procs == [] and used is not None and used < NO_CONTEXT_MIB
+        if util and no_context and not self._had_context.get(uuid, False):
             info.notes.append("util_no_context")
             util = 0.0
+        self._had_context[uuid] = not no_context
         power = self._try(n.nvmlDeviceGetPowerUsage, handle)
         energy = self._try(n.nvmlDeviceGetTotalEnergyConsumption, handle)
         values = {

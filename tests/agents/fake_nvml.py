@@ -20,6 +20,8 @@ NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
 NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
 NVML_ERROR_TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
+NVML_ERROR_FUNCTION_NOT_FOUND = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
+nvmlMemory_v2 = pynvml.nvmlMemory_v2
 nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 MIB = 2**20
 
@@ -39,6 +41,8 @@ class Dev:
     temp: int | None
     sm_clock: int | None
     procs: list[tuple[int, int]] | None
+    mem_reserved: int = 0  # driver/firmware reservation: nvidia-smi's "Reserved"
+    mem_v2: bool = True  # drivers before R510 lack nvmlDeviceGetMemoryInfo_v2
     mig: bool = False
     children: list[Dev] = field(default_factory=list)
     util_samples: list[tuple[int, int]] = field(default_factory=list)  # (µs timestamp, %)
@@ -84,6 +88,7 @@ def parse_capture(text: str, phase: str) -> Dev:
         name=top("Product Name"),
         mem_total=_num(after("FB Memory Usage", "Total")) * MIB,
         mem_used=_num(after("FB Memory Usage", "Used")) * MIB,
+        mem_reserved=_num(after("FB Memory Usage", "Reserved")) * MIB,
         util=None if "N/A" in util else _num(util),
         power_mw=None if "N/A" in power else int(float(power.split()[0]) * 1000),
         temp=_num(after("Temperature", "GPU Current Temp")),
@@ -134,7 +139,7 @@ class FakeNvml:
         self.pending_events: list[SimpleNamespace] = []  # push XIDs here
         self.registered: list[str] = []
         for k, v in globals().items():
-            if k.startswith(("NVML_", "nvmlEventType")):
+            if k.startswith(("NVML_", "nvmlEventType", "nvmlMemory")):
                 setattr(self, k, v)
 
     def nvmlInit(self) -> None:
@@ -155,10 +160,19 @@ class FakeNvml:
     def nvmlDeviceGetName(self, d: Dev) -> str:
         return d.name
 
-    def nvmlDeviceGetMemoryInfo(self, d: Dev):
+    def nvmlDeviceGetMemoryInfo(self, d: Dev, version: int | None = None):
+        """v1 counts the reserved memory as used, as the real driver does (an idle H200 reads
+        615 MiB used by v1 and 0 MiB by v2 and nvidia-smi); v2 reports it apart."""
         if d.mem_total is None:
             _ns()
-        return SimpleNamespace(total=d.mem_total, used=d.mem_used, free=d.mem_total - d.mem_used)
+        free = d.mem_total - d.mem_used - d.mem_reserved
+        if version is None:
+            return SimpleNamespace(total=d.mem_total, used=d.mem_total - free, free=free)
+        if not d.mem_v2:
+            raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+        return SimpleNamespace(
+            version=version, total=d.mem_total, reserved=d.mem_reserved, free=free, used=d.mem_used
+        )
 
     def nvmlDeviceGetSamples(self, d: Dev, kind: int, last: int):
         assert kind == NVML_GPU_UTILIZATION_SAMPLES
