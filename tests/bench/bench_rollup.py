@@ -34,6 +34,14 @@ rows, so a tick late in the day costs a few seconds more).
 
 Earlier: the unsplit grid path 7.7-12.2 s (25-31 %), the exact LEAD statement 35.3 s.
 
+2026-12-04, same box, three rounds (``BENCH_TICKS=0``): full rollups 5.14-5.56 s, median
+1,842,130 samples/s; ceilings 2.00-2.15 s; ratios 38-39 %. Tried and dropped that day: the
+aggregate's eight counts packed into two sums (one aggregate call per row instead of eight)
+ran slower, 2.27-2.51 s against 2.09-2.15 s for half the samples, since the CASE expressions
+cost more than the cheap COUNT transitions they replace; dropping the bucket index of the
+5-minute table saved about 0.25 s (43-44 % against 38-43 % in the same hour), too little to
+pay for the fleet-wide reads that use it.
+
 Where the time goes (a round of about 7 s): each of the two parts, side by side, claims and
 deletes its 167,000 marks (0.3 s), aggregates its 5 million samples into per-bucket rows
 (2.8 s, against about 2.2 s for the ceiling's per-process share of its query), finds and
