@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CAPTURE = (
     ROOT.parent / "shared/fixtures/nvidia-smi/linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01.txt"
 )
-SAMPLE_PERIOD_US = 166_667  # H100: about 6 utilization samples per second
+SAMPLE_PERIOD_US = 166_667  # about 6 utilization samples/s (a real H200 gave 5/s, 2026-12-04)
 BUFFER = 120  # NVML keeps a bounded ring of samples
 
 
