@@ -122,7 +122,8 @@ class Run:
 
 def start(*, mode: str, interval: float, tmp: str) -> Run:
     sink = Sink()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), FLOPWATCH_TOKEN="bench")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, FLOPWATCH_TOKEN="bench")
     common = [
         "--server",
         sink.url,
