@@ -24,6 +24,7 @@ With ``--out DIR`` it also writes ``verify_nvml.json`` (every comparison), ``pay
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,24 @@ def mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 1) if values else None
 
 
+def within(value: float | None, ref: float | None, *, absolute: float, share: float) -> bool:
+    """``value`` within ``absolute`` or ``share`` of ``ref``, whichever is wider."""
+    return value is not None and ref is not None and abs(value - ref) <= max(absolute, share * ref)
+
+
+@contextlib.contextmanager
+def loaded(duty: float) -> Iterator[None]:
+    """A PyTorch matrix-product load at ``duty`` for the block, warmed up (CUDA context,
+    clocks ramping) before it starts."""
+    load = subprocess.Popen([sys.executable, "-c", LOAD, str(duty)])
+    try:
+        time.sleep(8)
+        yield
+    finally:
+        load.kill()
+        load.wait()
+
+
 class CountingNvml:
     """The real pynvml, with the utilization samples each read consumed counted per handle."""
 
@@ -215,14 +235,13 @@ def phase(source: NvmlSource, nvml: CountingNvml, *, label: str, interval: float
             "power_w (vs smi 1 s-poll mean)",
             v["power_w"],
             power_ref,
-            power_ref is not None
-            and v["power_w"] is not None
-            and abs(v["power_w"] - power_ref) <= max(25, 0.15 * power_ref),
+            within(v["power_w"], power_ref, absolute=25, share=0.15),
             "within 25 W or 15 %",
         )
         # The die heats and cools within a duty cycle's half second: compare with the range
         # of the polls, not with one poll taken a moment after the agent's read.
-        temps = series("temperature.gpu") + [t for t in [num(s.get("temperature.gpu"))] if t]
+        final_temp = num(s.get("temperature.gpu"))
+        temps = series("temperature.gpu") + ([final_temp] if final_temp is not None else [])
         add(
             "temp_c (vs range of smi polls)",
             v["temp_c"],
@@ -235,7 +254,7 @@ def phase(source: NvmlSource, nvml: CountingNvml, *, label: str, interval: float
             "sm_clock_mhz",
             v["sm_clock_mhz"],
             clock,
-            clock is not None and abs(v["sm_clock_mhz"] - clock) <= max(100, 0.1 * clock),
+            within(v["sm_clock_mhz"], clock, absolute=100, share=0.1),
             "within 100 MHz or 10 %",
         )
         e0, e1 = start_energy.get(uuid), v["energy_mj"]
@@ -245,7 +264,7 @@ def phase(source: NvmlSource, nvml: CountingNvml, *, label: str, interval: float
                 "energy counter delta / s (W)",
                 round(watts, 1),
                 power_ref,
-                abs(watts - power_ref) <= max(25, 0.15 * power_ref),
+                within(watts, power_ref, absolute=25, share=0.15),
                 "within 25 W or 15 % of the mean power",
             )
         else:
@@ -289,29 +308,22 @@ def phase(source: NvmlSource, nvml: CountingNvml, *, label: str, interval: float
 def job_end(source: NvmlSource) -> list[Check]:
     """A job that exits mid-interval: the read after it keeps the busy part (no context now,
     but there was one for most of the interval); the read after that is idle."""
-    load = subprocess.Popen([sys.executable, "-c", LOAD, "1.0"])
-    try:
-        time.sleep(8)
+    with loaded(1.0):
         source.read(now=time.time())
         time.sleep(5)
-    finally:
-        load.kill()
-        load.wait()
-    time.sleep(2.5)
     checks = []
-    for when, rule, test in (
-        ("read after the job exited", "20..95 %, no util_no_context", lambda u: 20 <= u <= 95),
-        ("read one interval later", "<= 5 %", lambda u: u <= 5),
+    for wait, when, rule, test, zeroed_ok in (
+        (2.5, "read after the job exited", "20..95 %, no util_no_context", (20, 95), False),
+        (5.0, "read one interval later", "<= 5 %", (0, 5), True),
     ):
+        time.sleep(wait)
         gpus, readings = source.read(now=time.time())
         notes = {g.uuid: g.notes for g in gpus}
         for r in readings:
             util = r.values["util_pct"]
-            ok = util is not None and test(util)
-            if when.startswith("read after"):
-                ok = ok and "util_no_context" not in notes[r.gpu]
+            ok = util is not None and test[0] <= util <= test[1]
+            ok = ok and (zeroed_ok or "util_no_context" not in notes[r.gpu])
             checks.append(Check("job end", r.gpu, f"util_pct, {when}", util, None, ok, rule))
-        time.sleep(5)
     return checks
 
 
@@ -367,15 +379,16 @@ def dry_run(out: Path | None) -> list[Check]:
     if out is not None:
         (out / "payload.json").write_text(json.dumps(payload, indent=1))
     print(json.dumps(payload, indent=1)[:3000])
+    sent, present = len(payload.get("gpus", [])), len(smi())
     checks = [
         Check("dry-run", "all", "agent exit status", cli.returncode, 0, cli.returncode == 0, "0"),
         Check(
             "dry-run",
             "all",
             "GPUs in the batch",
-            len(payload.get("gpus", [])),
-            len(smi()),
-            len(payload.get("gpus", [])) == len(smi()),
+            sent,
+            present,
+            sent == present,
             "one per nvidia-smi GPU",
         ),
     ]
@@ -384,17 +397,20 @@ def dry_run(out: Path | None) -> list[Check]:
         import django
 
         django.setup()
+        from django.conf import settings
+
         from apps.telemetry.ingest import IngestError, batch_check
     except ImportError:
         return checks  # no server environment on this machine: the shape checks above stand
     try:
+        # The server's own limits, as gpu_samples_ingest applies them.
         batch_check(
             batch=payload,
             now_ts=int(time.time()),
             live=True,
-            max_samples=100_000,
-            max_past_s=3600,
-            max_future_s=300,
+            max_samples=settings.FLOPWATCH_INGEST_MAX_SAMPLES,
+            max_past_s=settings.FLOPWATCH_INGEST_MAX_PAST_S,
+            max_future_s=settings.FLOPWATCH_INGEST_MAX_FUTURE_S,
         )
     except IngestError as exc:
         verdict, ok = str(exc), False
@@ -425,13 +441,8 @@ def main() -> int:
     checks += phase(source, nvml, label="idle", interval=args.interval)
     if not args.no_load:
         for duty, label in ((1.0, "full load"), (0.5, "50% duty cycle")):
-            load = subprocess.Popen([sys.executable, "-c", LOAD, str(duty)])
-            try:
-                time.sleep(8)  # CUDA context, clocks ramp up
+            with loaded(duty):
                 checks += phase(source, nvml, label=label, interval=args.interval)
-            finally:
-                load.kill()
-                load.wait()
         checks += job_end(source)
     source.close()
     checks += dry_run(args.out)
