@@ -451,6 +451,8 @@ def _sql_fns() -> dict[str, str]:
 
 # 300 / 5 = 60 grid points: a bucket's bitmap fits a signed 64-bit integer.
 _GRID_MIN_INTERVAL = 5
+# Set in a bucket's bitmap (on PostgreSQL) by a sample off its interval's grid.
+_OFF_GRID_BIT = 2**62
 
 _GRID_AGG_COLUMNS = (
     "gpu_id, b, step, n, ok, bits, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, "
@@ -558,6 +560,15 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         # are unique per GPU and time; off-grid buckets, where two could share a bit, are
         # never read from the bitmap).
         bits = f"BIT_OR({bit})" if pg else f"SUM({bit})"
+        off = f"MAX(ts %% {step})"
+        if pg:
+            # An off-grid sample sets bit 62 (a bucket has at most 60 points) instead of a
+            # MAX of its own: one aggregate less per sample, about 0.1 s of 2.4 for 5M.
+            bits = (
+                f"BIT_OR(CAST(1 AS BIGINT) << CAST(CASE WHEN ts %% {step} = 0 "
+                f"THEN (ts %% {BUCKET_S}) / {step} ELSE 62 END AS INTEGER))"
+            )
+            off = "0"
         in_group, group_params = id_list(gpu_ids)
         if len(gpu_ids) == fleet_size:
             # Every GPU there is (a backlog, an import): no test of each sample's GPU
@@ -595,16 +606,17 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             f"""
             {into}
             SELECT gpu_id, b, {step}, n,
-                   CASE WHEN off = 0 AND (n_sm = 0 OR n_sm = n) AND {mig_clean} THEN 1
+                   CASE WHEN off = 0 AND bits & {_OFF_GRID_BIT} = 0
+                             AND (n_sm = 0 OR n_sm = n) AND {mig_clean} THEN 1
                         ELSE 0 END,
-                   bits, CASE WHEN n_sm > 0 THEN n_sm ELSE n_util END,
+                   bits & {_OFF_GRID_BIT - 1}, CASE WHEN n_sm > 0 THEN n_sm ELSE n_util END,
                    CASE WHEN n_sm > 0 THEN s_sm ELSE s_util / 100.0 END,
                    idle_held %% 1000, idle_held / 1000, s_pow,
                    s_util / NULLIF(n_util, 0), util_max, s_sm / NULLIF(n_sm, 0),
                    s_mem / NULLIF(n_mem, 0), mem_max, s_pow / NULLIF(n_pow, 0), n_sm
             FROM (
                 SELECT gpu_id, (ts / {BUCKET_S}) * {BUCKET_S} AS b, COUNT(*) AS n,
-                       MAX(ts %% {step}) AS off, {n_gr} AS n_gr, {bits} AS bits,
+                       {off} AS off, {n_gr} AS n_gr, {bits} AS bits,
                        -- Idle samples count 1, idle ones holding memory 1001: one sum
                        -- carries both counts (a bucket has fewer than 1000 samples).
                        SUM(CASE WHEN COALESCE(sm_active, util_pct / 100.0) < %s
@@ -619,6 +631,10 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                 WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
                 GROUP BY gpu_id, ts / {BUCKET_S}
             ) r
+            -- Sorted once here, in the 5-minute table's key order: the gap starters' window
+            -- and the insert below then sort rows already in order (a pass each) instead
+            -- of a hash join of the buckets with themselves and a sort of their own.
+            ORDER BY gpu_id, b
             """,
             [*mig_params, thr, MEM_HELD_MIB, *group_params],
         )
@@ -638,7 +654,10 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             return "1 = 1"
         return f"NOT EXISTS (SELECT 1 FROM fw_bad d WHERE d.gpu_id = {alias}.gpu_id AND d.b = {b})"
 
-    fast = f"a.ok = 1 AND {clean('a', f'a.b - {BUCKET_S}')} AND {clean('a', f'a.b + {BUCKET_S}')}"
+    # "ok <> 0" rather than "ok = 1": without statistics PostgreSQL takes an equality to
+    # keep 0.5 % of the rows, and then hashes the aggregate's rows to probe them with the
+    # gap starters' instead of the other way round.
+    fast = f"a.ok <> 0 AND {clean('a', f'a.b - {BUCKET_S}')} AND {clean('a', f'a.b + {BUCKET_S}')}"
     inside = "JOIN fw_isl0 o ON o.gpu_id = {a}.gpu_id AND {b} >= o.tlo AND {b} < o.thi"
     # The rest, as islands cut to the original ones, replaces the grid GPUs' islands for
     # the exact statement: buckets with samples that do not take the grid path, and the
@@ -681,19 +700,24 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     # Each bucket's set bits are peeled off lowest first (x & -x is the lowest, x & (x - 1)
     # the rest), so a bucket costs one row per gap starter rather than a test of each of its
     # grid points (104,000 buckets with a gap starter: 0.7 s -> 0.2 s). The last point's
-    # successor is the next bucket's first: one hash join of the buckets with themselves.
+    # successor is the next bucket's first: the next row of the GPU, if it is the next bucket.
     cursor.execute(
         f"""
         WITH RECURSIVE r (gpu_id, b, step, gs, land_new) AS (
             SELECT gpu_id, b, step, gs, land_new FROM (
                 SELECT a.gpu_id, a.b, a.step,
                        a.bits & ~((a.bits >> 1)
-                                  | ((COALESCE(nx.bits, 0) & 1)
+                                  | ((CASE WHEN a.nb = a.b + {BUCKET_S} THEN a.nbits & 1
+                                           ELSE 0 END)
                                      << CAST({BUCKET_S} / a.step - 1 AS INTEGER))) AS gs,
-                       CASE WHEN nx.gpu_id IS NULL THEN 1 ELSE 0 END AS land_new
-                FROM fw_agg a
-                LEFT JOIN fw_agg nx ON nx.gpu_id = a.gpu_id AND nx.b = a.b + {BUCKET_S}
-                WHERE a.ok = 1 AND {clean("a", f"a.b + {BUCKET_S}")}
+                       CASE WHEN a.nb = a.b + {BUCKET_S} THEN 0 ELSE 1 END AS land_new
+                FROM (
+                    SELECT gpu_id, b, step, ok, bits,
+                           LEAD(b) OVER (PARTITION BY gpu_id ORDER BY b) AS nb,
+                           LEAD(bits) OVER (PARTITION BY gpu_id ORDER BY b) AS nbits
+                    FROM fw_agg
+                ) a
+                WHERE a.ok <> 0 AND {clean("a", f"a.b + {BUCKET_S}")}
             ) s
             WHERE gs <> 0
             UNION ALL
