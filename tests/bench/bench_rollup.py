@@ -42,17 +42,37 @@ cost more than the cheap COUNT transitions they replace; dropping the bucket ind
 5-minute table saved about 0.25 s (43-44 % against 38-43 % in the same hour), too little to
 pay for the fleet-wide reads that use it.
 
-Where the time goes (a round of about 7 s): each of the two parts, side by side, claims and
-deletes its 167,000 marks (0.3 s), aggregates its 5 million samples into per-bucket rows
-(2.8 s, against about 2.2 s for the ceiling's per-process share of its query), finds and
-reads back its 52,000 gap starters (0.6 s), inserts its 167,000 5-minute rows with their
-joins and sort (1.4 s: a heap row and two index entries each, about 170 MB of WAL for the
-whole run), and writes its hourly rows (0.5 s); then the coordinator rewrites the two days'
-usage and capacity and releases the marks near the cut (0.3 s). The ceiling's query does
-only the first pass, on both cores, plus a merge of its partial groups (0.5 s). Most of the
-insert is the write itself: the same 334,000 rows copied, in key order from one connection,
-into an empty copy of the table take 0.49 s into the heap alone, 0.70 s with the primary key
-and 1.12 s with the bucket index as well (psql, 2026-12-03).
+2026-12-04, later, five rounds: full rollups 4.71-6.10 s, median 1,956,264 samples/s;
+ceilings 2.15-2.34 s; ratios 38-46 %, median 43 %; ticks 0.59-0.68 s, median 0.64 s. From
+three changes to the grid path, about 0.3 s per part: an off-grid sample sets bit 62 of the
+bitmap instead of feeding a MAX of its own (the aggregate 2.30 s instead of 2.45 for 5M
+samples); the aggregate is written in key order, so the gap starters find the next bucket
+with a window over presorted rows instead of a hash join of 167,000 rows with themselves
+(0.18 s instead of 0.24) and the insert's sort is a pass; and "ok <> 0" instead of "ok = 1",
+whose default selectivity without statistics (0.5 %) made PostgreSQL hash the aggregate's
+rows and probe them with the gap starters' (the insert 0.95-1.15 s instead of 1.25-1.7).
+Tried and dropped: 3 or 4 connections on the 2 cores (6.8-7.0 s against 5.1-5.5); moving the
+cut an hour earlier, since the older part also cuts the allocations' starts and holds twice
+the hourly rows and so ends 0.6 s after the other, saved 0.1-0.2 s, within the noise.
+
+Where the time goes now, per part (PostgreSQL's statement log): claim 0.25 s, preparation
+0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key), 5-minute insert
+1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the older part only),
+hourly rows 0.2-0.3; the coordinator 0.1 before and 0.2 after. The aggregate alone takes
+about as long as the ceiling, so 50 % leaves everything else one ceiling's time (2.2 s);
+it takes 2.6-2.9 s.
+
+Where the time went on 2026-12-03 (a round of about 7 s): each of the two parts, side by
+side, claims and deletes its 167,000 marks (0.3 s), aggregates its 5 million samples into
+per-bucket rows (2.8 s, against about 2.2 s for the ceiling's per-process share of its
+query), finds and reads back its 52,000 gap starters (0.6 s), inserts its 167,000 5-minute
+rows with their joins and sort (1.4 s: a heap row and two index entries each, about 170 MB
+of WAL for the whole run), and writes its hourly rows (0.5 s); then the coordinator rewrites
+the two days' usage and capacity and releases the marks near the cut (0.3 s). The ceiling's
+query does only the first pass, on both cores, plus a merge of its partial groups (0.5 s).
+Most of the insert is the write itself: the same 334,000 rows copied, in key order from one
+connection, into an empty copy of the table take 0.49 s into the heap alone, 0.70 s with the
+primary key and 1.12 s with the bucket index as well (psql, 2026-12-03).
 """
 
 from __future__ import annotations
