@@ -144,9 +144,12 @@ class GpuRollup5m(models.Model):
         max_length=10, blank=True, help_text="sm_active, util or mixed: where activity came from."
     )
 
+    # No index by bucket either: every rollup writes these rows by the hundred thousand, and
+    # a second index cost about as much as the key itself (0.3 s of 1.0 per 164,000 rows).
+    # The few reads over a time range of many GPUs name the GPUs (``gpu_id IN ...``), so
+    # they take the key one GPU at a time, a short range each.
     class Meta:
         verbose_name = "GPU 5-minute rollup"
-        indexes = [models.Index(fields=["bucket"], name="gpurollup5m_bucket_idx")]
 
     def __str__(self) -> str:
         return f"gpu {self.gpu_id} @ {self.bucket}"

@@ -1294,9 +1294,8 @@ def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
         if hi <= lo:
             continue
         day_busy = dict(
-            GpuRollup5m.objects.filter(
-                bucket__gte=lo, bucket__lt=lo + DAY_S, gpu__mig_parent__isnull=True
-            )
+            # By the GPUs' ids: one short range of the (GPU, bucket) key each.
+            GpuRollup5m.objects.filter(gpu_id__in=list(gpus), bucket__gte=lo, bucket__lt=lo + DAY_S)
             .values("gpu_id")
             .annotate(total=Sum("busy_s"))
             .values_list("gpu_id", "total")
@@ -1757,7 +1756,13 @@ def rollups_prune(*, now: dt.datetime | None = None) -> dict:
     now_ts = _epoch(now or timezone.now())
     cut_5m = now_ts - settings.FLOPWATCH_ROLLUP_5M_RETENTION_DAYS * DAY_S
     cut_hourly = now_ts - settings.FLOPWATCH_HOURLY_RETENTION_DAYS * DAY_S
-    deleted_5m, _ = GpuRollup5m.objects.filter(bucket__lt=cut_5m - cut_5m % BUCKET_S).delete()
+    from apps.fleet.models import Gpu
+
+    # GPU by GPU along the (GPU, bucket) key, the oldest rows of each (there is no index by
+    # bucket alone); a deleted GPU's rows went with it.
+    deleted_5m, _ = GpuRollup5m.objects.filter(
+        gpu_id__in=Gpu.objects.values("id"), bucket__lt=cut_5m - cut_5m % BUCKET_S
+    ).delete()
     deleted_hourly, _ = AllocationGpuHourly.objects.filter(
         hour__lt=cut_hourly - cut_hourly % HOUR_S
     ).delete()
