@@ -159,6 +159,12 @@ class _Errors:
             raise IngestError(items)
 
 
+# PostgreSQL text cannot hold a NUL character: a string with one is refused by name here
+# rather than failing the whole request in the database.
+_NUL = "\x00"
+_NUL_ERROR = "must not contain NUL (\\u0000) characters"
+
+
 def _opt_str(errors: _Errors, obj: dict, key: str, path: str, *, max_len: int) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -168,6 +174,9 @@ def _opt_str(errors: _Errors, obj: dict, key: str, path: str, *, max_len: int) -
         return None
     if len(value) > max_len:
         errors.add(f"{path}.{key}", f"longer than {max_len} characters")
+        return None
+    if _NUL in value:
+        errors.add(f"{path}.{key}", _NUL_ERROR)
         return None
     return value
 
@@ -187,6 +196,9 @@ def _check_gpus(errors: _Errors, gpus: Any) -> list[dict[str, Any]]:
         uuid = gpu.get("uuid")
         if not isinstance(uuid, str) or not uuid.strip() or len(uuid) > 100:
             errors.add(f"{path}.uuid", "required: a non-empty string of at most 100 characters")
+            continue
+        if _NUL in uuid:
+            errors.add(f"{path}.uuid", _NUL_ERROR)
             continue
         index = gpu.get("index")
         if index is not None and (type(index) is not int or not 0 <= index <= 32767):
@@ -219,6 +231,9 @@ def _check_alloc(errors: _Errors, alloc: Any, path: str) -> dict[str, str] | Non
     job = alloc.get("job")
     if not isinstance(job, str) or not job.strip() or len(job) > 255:
         errors.add(f"{path}.job", "required: a non-empty string of at most 255 characters")
+        return None
+    if _NUL in job:
+        errors.add(f"{path}.job", _NUL_ERROR)
         return None
     out = {"job": job.strip()}
     for key, max_len in (("project", 100), ("user", 150), ("team", 50)):
@@ -255,6 +270,9 @@ def batch_check(
     if not isinstance(node, str) or not node.strip():
         errors.add("node", "required: the node's hostname")
         node = ""
+    elif _NUL in node:
+        errors.add("node", _NUL_ERROR)
+        node = ""
     agent = batch.get("agent") or {}
     version = source = ""
     interval_s = None
@@ -275,6 +293,8 @@ def batch_check(
     batch_id = batch.get("batch_id")
     if batch_id is not None and not isinstance(batch_id, str):
         errors.add("batch_id", "must be a string")
+    elif batch_id is not None and _NUL in batch_id:
+        errors.add("batch_id", _NUL_ERROR)
     gpus = _check_gpus(errors, batch.get("gpus"))
     raw_series = batch.get("series")
     if not isinstance(raw_series, list):
@@ -304,7 +324,7 @@ def batch_check(
             if key not in SERIES_KEYS:
                 errors.add(f"{path}.{key}", "unknown field")
         gpu = entry.get("gpu")
-        if not isinstance(gpu, str) or not gpu.strip() or len(gpu) > 100:
+        if not isinstance(gpu, str) or not gpu.strip() or len(gpu) > 100 or _NUL in gpu:
             errors.add(f"{path}.gpu", "required: the GPU's UUID")
             gpu = ""  # keep checking its values; the batch is refused anyway
         alloc = _check_alloc(errors, entry.get("alloc"), f"{path}.alloc")

@@ -109,6 +109,8 @@ def _check_chunk(
     parsed = pd.DataFrame({"ts": np.floor(ts.fillna(0)).astype(np.int64)}, index=df.index)
     for column in ("node", "gpu_uuid", "gpu_model", "job", "project", "team"):
         parsed[column] = df[column].str.strip()
+        # PostgreSQL text cannot hold one: the row is refused rather than the whole import.
+        flag(parsed[column].str.contains("\x00", regex=False), f"{column} contains a NUL character")
     flag(parsed["gpu_uuid"].str.len() > 100, "gpu_uuid longer than 100 characters")
     flag(parsed["node"].str.len() > 253, "node longer than 253 characters")
     flag(parsed["job"].str.len() > 255, "job longer than 255 characters")

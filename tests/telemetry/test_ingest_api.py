@@ -134,6 +134,33 @@ def test_400_cases(client, mutate):
 
 
 @pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda b: b["agent"].update(source="nv\x00ml"), "agent.source"),
+        (lambda b: b["agent"].update(version="1\x00"), "agent.version"),
+        (lambda b: b.update(batch_id="b\x00"), "batch_id"),
+        (lambda b: b["gpus"][0].update(model="H100\x00"), "gpus[0].model"),
+        (lambda b: b["gpus"][0].update(uuid="GPU-\x00"), "gpus[0].uuid"),
+        (lambda b: b["series"][0].update(alloc={"job": "j\x00"}), "series[0].alloc.job"),
+        (
+            lambda b: b["series"][0].update(alloc={"job": "j", "team": "t\x00"}),
+            "series[0].alloc.team",
+        ),
+        (lambda b: b.update(node="gpu-node-\x00"), "node"),
+    ],
+)
+def test_400_nul_characters_named(client, mutate, path):
+    # PostgreSQL text cannot hold U+0000: such a string is refused by name, not a 500.
+    _node, token = node_with_token()
+    batch = make_batch()
+    mutate(batch)
+    r = post(client, token, batch)
+    assert r.status_code == 400, r.content
+    assert path in {e["path"] for e in r.json()["errors"]}, r.json()
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize(
     "raw",
     [b"", b"{", b"[]", b"null", b'{"node": NaN}', b"\xff\xfe", b'"x"'],
 )

@@ -135,3 +135,13 @@ def test_simulator_csv_imports(tmp_path):
     result = samples_csv_import(path=str(path))
     assert result.rejected == 0
     assert result.accepted == written
+
+
+def test_nul_character_refuses_the_row_not_the_import(tmp_path):
+    # PostgreSQL text cannot hold U+0000: the row is reported, the others go in.
+    rows = good_rows()
+    bad = f"{T0 + 13},n1,GPU-c1,NVIDIA A100,50,0.5,1000,40960,100,slurm:\x0077,vision,ml-team"
+    result = samples_csv_import(path=str(write(tmp_path, [*rows[:3], bad, *rows[3:]])))
+    assert result.accepted == 15
+    assert dict(result.rejects) == {5: "job contains a NUL character"}
+    assert RawSample.objects.count() == 15
