@@ -732,14 +732,15 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         """,
         [],
     )
-    _analyze(cursor, "fw_gsk")
     cursor.execute("SELECT MIN(ts), MAX(ts) FROM fw_gsk")
     lo, hi = cursor.fetchone()
     if lo is not None:
         # A probe by key per gap starter (they are few), in time order like the raw heap
         # (stored as samples arrive), so neighbouring probes share pages; no Memoize, which
-        # would cache every key once and never hit (0.8-1.0 s -> 0.6 s for 104,000).
-        _plan(cursor, nestloop=True, memoize=False)
+        # would cache every key once and never hit (0.8-1.0 s -> 0.6 s for 104,000). The
+        # plan is named rather than left to statistics of fw_gsk (an ANALYZE of 52,000 gap
+        # starters: 25-37 ms).
+        _plan(cursor, nestloop=True, hashjoin=False, memoize=False)
         cursor.execute(
             f"""
             INSERT INTO fw_gs (gpu_id, b_own, b_land, step, land_new, act, mem, power)
@@ -750,7 +751,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             WHERE x.ts >= {int(lo)} AND x.ts <= {int(hi)}
             """
         )
-        _plan(cursor, nestloop=False, memoize=True)
+        _plan(cursor, nestloop=False, hashjoin=True, memoize=True)
     # Gap starters' second interval per bucket: activity where it lands, energy in the
     # sample's own bucket (as in the exact statement, the whole duration there).
     cursor.execute(
