@@ -55,6 +55,27 @@ Tried and dropped: 3 or 4 connections on the 2 cores (6.8-7.0 s against 5.1-5.5)
 cut an hour earlier, since the older part also cuts the allocations' starts and holds twice
 the hourly rows and so ends 0.6 s after the other, saved 0.1-0.2 s, within the noise.
 
+2026-12-07, the same box much slower and noisier (a bare CPU loop took 0.37-0.92 s from
+one run to the next; the ceiling alone, run 15 times in a row, 3.5-6.1 s), two runs of five
+rounds after dropping the 5-minute table's bucket index: full rollups 5.81-9.00 s and
+7.65-9.59 s, medians 1,333,868 and 1,259,558 samples/s; ceilings 2.85-4.69 s and
+3.04-4.54 s; ratios 47-58 % (median 52 %) and 39-51 % (median 43 %); ticks 1.58-2.30 s and
+0.94-1.33 s. The index drop itself, measured within one round so that the box's speed
+cancels: the parts' 5-minute insert went from 0.38-0.41 of their aggregate's time to
+0.25-0.31; in psql, 164,000 rows in key order into an empty copy take 0.28 s into the heap
+alone, 0.59-0.69 s with the key and 0.92-1.02 s with the bucket index as well. Tried and
+dropped that day: weighting the cut by allocation hours and boundaries (the older part,
+with the allocations' starts and ends, ends 0.3-1.7 s after the other), four runs each way
+alternating: 6.25-7.27 s against 5.90-8.13 s, no difference to tell; the part that falls
+behind in the 5-minute insert pays more whichever it is, since the part ahead appends at
+the key's right end and the other then inserts in between. Where else it goes, and why
+50 % stays out of reach in this design: the aggregate costs what the ceiling does (our 14
+aggregates against its 6 heavier ones: 2.09-2.18 s against 2.02 s for 5M rows in one
+process; a bare COUNT(*) grouping 1.13-1.22 s), so everything else has to fit in one
+ceiling's time; claiming the marks (DELETE ... RETURNING into the claim: 0.27-0.35 s in
+psql, against 0.1 s for the bare DELETE) and the gap starters (their window and peel
+0.21-0.44 s, their 52,000 reads by key 0.30-0.53 s) alone take a third of it.
+
 Where the time goes now, per part (PostgreSQL's statement log): claim 0.25 s, preparation
 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key), 5-minute insert
 1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the older part only),
