@@ -165,6 +165,21 @@ _NUL = "\x00"
 _NUL_ERROR = "must not contain NUL (\\u0000) characters"
 
 
+def _req_str(
+    errors: _Errors, obj: dict, key: str, where: str, *, max_len: int | None, message: str
+) -> str | None:
+    """``obj[key]`` when it is a non-blank string of at most ``max_len`` characters without a
+    NUL; else None, with ``message`` (or the NUL error) at ``where``."""
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip() or (max_len and len(value) > max_len):
+        errors.add(where, message)
+        return None
+    if _NUL in value:
+        errors.add(where, _NUL_ERROR)
+        return None
+    return value
+
+
 def _opt_str(errors: _Errors, obj: dict, key: str, path: str, *, max_len: int) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -193,12 +208,15 @@ def _check_gpus(errors: _Errors, gpus: Any) -> list[dict[str, Any]]:
         if not isinstance(gpu, dict):
             errors.add(path, "must be an object")
             continue
-        uuid = gpu.get("uuid")
-        if not isinstance(uuid, str) or not uuid.strip() or len(uuid) > 100:
-            errors.add(f"{path}.uuid", "required: a non-empty string of at most 100 characters")
-            continue
-        if _NUL in uuid:
-            errors.add(f"{path}.uuid", _NUL_ERROR)
+        uuid = _req_str(
+            errors,
+            gpu,
+            "uuid",
+            f"{path}.uuid",
+            max_len=100,
+            message="required: a non-empty string of at most 100 characters",
+        )
+        if uuid is None:
             continue
         index = gpu.get("index")
         if index is not None and (type(index) is not int or not 0 <= index <= 32767):
@@ -228,12 +246,15 @@ def _check_alloc(errors: _Errors, alloc: Any, path: str) -> dict[str, str] | Non
     if not isinstance(alloc, dict):
         errors.add(path, "must be an object or null")
         return None
-    job = alloc.get("job")
-    if not isinstance(job, str) or not job.strip() or len(job) > 255:
-        errors.add(f"{path}.job", "required: a non-empty string of at most 255 characters")
-        return None
-    if _NUL in job:
-        errors.add(f"{path}.job", _NUL_ERROR)
+    job = _req_str(
+        errors,
+        alloc,
+        "job",
+        f"{path}.job",
+        max_len=255,
+        message="required: a non-empty string of at most 255 characters",
+    )
+    if job is None:
         return None
     out = {"job": job.strip()}
     for key, max_len in (("project", 100), ("user", 150), ("team", 50)):
@@ -266,13 +287,12 @@ def batch_check(
     errors = _Errors()
     if not isinstance(batch, dict):
         raise IngestError([("body", "must be a JSON object")])
-    node = batch.get("node")
-    if not isinstance(node, str) or not node.strip():
-        errors.add("node", "required: the node's hostname")
-        node = ""
-    elif _NUL in node:
-        errors.add("node", _NUL_ERROR)
-        node = ""
+    node = (
+        _req_str(
+            errors, batch, "node", "node", max_len=None, message="required: the node's hostname"
+        )
+        or ""
+    )
     agent = batch.get("agent") or {}
     version = source = ""
     interval_s = None
@@ -323,10 +343,13 @@ def batch_check(
         for key in entry:
             if key not in SERIES_KEYS:
                 errors.add(f"{path}.{key}", "unknown field")
-        gpu = entry.get("gpu")
-        if not isinstance(gpu, str) or not gpu.strip() or len(gpu) > 100 or _NUL in gpu:
-            errors.add(f"{path}.gpu", "required: the GPU's UUID")
-            gpu = ""  # keep checking its values; the batch is refused anyway
+        # "" keeps its values checked; the batch is refused anyway.
+        gpu = (
+            _req_str(
+                errors, entry, "gpu", f"{path}.gpu", max_len=100, message="required: the GPU's UUID"
+            )
+            or ""
+        )
         alloc = _check_alloc(errors, entry.get("alloc"), f"{path}.alloc")
         ts = entry.get("ts")
         if not isinstance(ts, list):

@@ -141,6 +141,7 @@ def test_400_cases(client, mutate):
         (lambda b: b.update(batch_id="b\x00"), "batch_id"),
         (lambda b: b["gpus"][0].update(model="H100\x00"), "gpus[0].model"),
         (lambda b: b["gpus"][0].update(uuid="GPU-\x00"), "gpus[0].uuid"),
+        (lambda b: b["series"][0].update(gpu="GPU-\x00"), "series[0].gpu"),
         (lambda b: b["series"][0].update(alloc={"job": "j\x00"}), "series[0].alloc.job"),
         (
             lambda b: b["series"][0].update(alloc={"job": "j", "team": "t\x00"}),
