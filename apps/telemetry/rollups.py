@@ -138,6 +138,32 @@ def _plan(cursor, **enable: bool) -> None:
             cursor.execute(f"SET LOCAL enable_{method} = {'on' if on else 'off'}")
 
 
+# PostgreSQL's default thresholds, in its planner's cost units (the grid pass costs about 0.12
+# per sample).
+_JIT_ABOVE_COST = 100_000
+_JIT_OPTIMIZE_ABOVE_COST = 500_000
+
+
+def _jit(cursor, *, on: bool) -> None:
+    """PostgreSQL's JIT compilation for the statements that follow, or off again (the rollup
+    runs without it, see ``session_tune``; nothing on SQLite). On for the grid path's pass
+    over raw samples only: compiling its expressions and tuple deforming takes about 0.1 s
+    and saves about a quarter of the pass (5M samples: 1.15-1.25 s instead of 1.6). Set
+    here rather than taken from the server, where JIT is often switched off wholesale; the
+    planner still compiles only a statement whose cost passes the thresholds (PostgreSQL's
+    defaults: about a million samples, and four million for LLVM's optimization, which gives
+    most of the gain). Inlining adds compile time and nothing measurable here."""
+    if not _pg():
+        return
+    if on:
+        cursor.execute("SET LOCAL jit = on")
+        cursor.execute(f"SET LOCAL jit_above_cost = {_JIT_ABOVE_COST}")
+        cursor.execute(f"SET LOCAL jit_optimize_above_cost = {_JIT_OPTIMIZE_ABOVE_COST}")
+        cursor.execute("SET LOCAL jit_inline_above_cost = -1")
+    else:
+        cursor.execute("SET LOCAL jit = off")
+
+
 def _rows_inserted(cursor) -> int:
     """Rows the last INSERT wrote (SQLite's driver reports no count for a statement that
     starts with WITH)."""
@@ -582,6 +608,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             # exact statement); a time range inside a day partition still comes through
             # its block range index.
             _plan(cursor, indexscan=False)
+        _jit(cursor, on=True)
         if pg and first:
             # CREATE TABLE AS may run in parallel on PostgreSQL (INSERT ... SELECT never
             # does, up to 15): the GROUP BY is split between the worker processes.
@@ -640,6 +667,7 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         )
         if scan:
             _plan(cursor, indexscan=True)
+        _jit(cursor, on=False)
     # No ANALYZE of fw_agg (0.2 s for 334,000 rows): the joins over it are hash joins by the
     # plan settings above, and PostgreSQL sizes a table without statistics from its pages.
     #
@@ -1359,8 +1387,9 @@ def session_tune(cursor, *, parallel_workers: int | None = None) -> None:
     already spreads the work over the cores)."""
     if not _pg():
         return
-    # JIT compiles the CASE-heavy piece expressions for seconds before running them, and the
-    # per-GPU sort for LEAD must stay in memory.
+    # JIT compiles the CASE-heavy piece expressions for seconds before running them (the grid
+    # path's pass over raw samples turns it on for itself, see ``_jit``), and the per-GPU
+    # sort for LEAD must stay in memory.
     cursor.execute("SET LOCAL jit = off")
     cursor.execute("SET LOCAL work_mem = '256MB'")
     workers = parallel_workers

@@ -12,10 +12,15 @@ Run: ``python tests/bench/run.py rollup`` or directly with
 database, ``<name>_rollup``, created afresh each run). ``BENCH_GPUS`` and
 ``BENCH_SAMPLES_PER_GPU`` scale it (defaults 1,000 and 10,000).
 
-The ceiling is the fastest that query runs here: under the rollup's own session settings
-(no JIT, 256 MB work_mem), best of two runs with each parallel worker count from none to
-cores - 1, and consuming every aggregate it computes (with a bare ``COUNT(*)`` outside,
-PostgreSQL drops them and times only the grouping).
+The ceiling is that query in the fastest configuration the rollup's session could give it
+(256 MB work_mem; JIT off as the rollup runs or on as its grid pass runs; each parallel
+worker count from none to cores - 1), consuming every aggregate it computes (with a bare
+``COUNT(*)`` outside, PostgreSQL drops them and times only the grouping). Each round runs
+every configuration once before the rollup and once after it; the ratio is to the best
+configuration's mean of those two runs (one run against one, and the box's drift during
+the round cancels), and the strictest reading, to the single fastest of the eight runs, is
+printed beside it. Before 2026-12-07 (afternoon) the ceiling was the fastest of two runs of
+each worker count after the rollup, JIT off.
 
 Measured 2026-12-03 on the 2-core box, defaults (9,897,000 samples; the rollup split over 2
 connections, as README advises for a database sharing a 2-core host), two runs of five
@@ -256,28 +261,45 @@ CEILING_SQL = """
 """
 
 
-def ceiling_seconds(*, connection, cores: int) -> tuple[float, int]:
-    """The fastest one bare GROUP BY over every raw row runs here: under the rollup's session
-    settings (no JIT, 256 MB work_mem: with the server's defaults its hash table spills and
-    JIT compiles, which makes it look slower than it is), with each parallel worker count
-    from none to cores - 1, best of two each. The outer query consumes every aggregate: with
-    a bare COUNT(*) outside, PostgreSQL drops the unused ones and times only the grouping."""
+def ceiling_runs(*, connection, cores: int) -> dict[tuple[bool, int], float]:
+    """One run of the bare GROUP BY over every raw row in each configuration the rollup could
+    give it: under the rollup's session settings (256 MB work_mem: with the server's default
+    its hash table spills, which makes it look slower than it is), with JIT off (as the
+    rollup runs) and on (as its grid pass runs), and each parallel worker count from none to
+    cores - 1. The outer query consumes every aggregate: with a bare COUNT(*) outside,
+    PostgreSQL drops the unused ones and times only the grouping. Seconds by (JIT, workers)."""
     from django.db import transaction
 
-    from apps.telemetry.rollups import session_tune
+    from apps.telemetry.rollups import _jit, session_tune
 
-    best, best_workers = float("inf"), 0
-    for workers in range(cores):
-        for _ in range(2):
+    seconds: dict[tuple[bool, int], float] = {}
+    for jit in (False, True):
+        for workers in range(cores):
             with transaction.atomic(), connection.cursor() as cursor:
                 session_tune(cursor, parallel_workers=workers)
+                _jit(cursor, on=jit)
                 started = time.perf_counter()
                 cursor.execute(CEILING_SQL)
                 cursor.fetchone()
-                seconds = time.perf_counter() - started
-            if seconds < best:
-                best, best_workers = seconds, workers
-    return best, best_workers
+                seconds[(jit, workers)] = time.perf_counter() - started
+    return seconds
+
+
+def ceilings(
+    *, before: dict[tuple[bool, int], float], after: dict[tuple[bool, int], float]
+) -> tuple[tuple[float, tuple[bool, int]], tuple[float, tuple[bool, int]]]:
+    """From the runs either side of a rollup: the ceiling's best configuration by the mean of
+    its two runs (the one a rollup's time is compared with: one run against one, and the
+    box's drift during the round cancels), and its single fastest run of all (the strictest
+    reading: the best of eight against one rollup). Each as (seconds, (JIT, workers))."""
+    mean = {c: (before[c] + after[c]) / 2 for c in before}
+    fair = min(mean, key=mean.get)
+    runs = [(s, c) for side in (before, after) for c, s in side.items()]
+    return (mean[fair], fair), min(runs)
+
+
+def _config(config: tuple[bool, int]) -> str:
+    return f"{config[1]} parallel worker(s), JIT {'on' if config[0] else 'off'}"
 
 
 def main() -> int:
@@ -314,25 +336,29 @@ def main() -> int:
         f"parallel workers unsplit (FLOPWATCH_ROLLUP_PARALLEL_WORKERS): "
         f"{os.environ.get('FLOPWATCH_ROLLUP_PARALLEL_WORKERS', 'the server setting')}"
     )
-    ratios, rates = [], []
+    ratios, strict_ratios, rates = [], [], []
     for round_ in range(1, ROUNDS + 1):
         remark(connection=connection)
+        before = ceiling_runs(connection=connection, cores=cores)
         started = time.perf_counter()
         summary = rollups_run_pending(now=now)
         rollup_s = time.perf_counter() - started
+        after = ceiling_runs(connection=connection, cores=cores)
         rate = rows / rollup_s
-        ceiling_s, workers = ceiling_seconds(connection=connection, cores=cores)
-        ratio = ceiling_s / rollup_s
+        (ceiling_s, config), (fastest_s, fastest) = ceilings(before=before, after=after)
         rates.append(rate)
-        ratios.append(ratio)
+        ratios.append(ceiling_s / rollup_s)
+        strict_ratios.append(fastest_s / rollup_s)
         print(
             f"round {round_}: full rollup {rollup_s:.2f} s, {rate:,.0f} raw samples/s "
             f"({summary['buckets']:,} pending buckets, {summary['chunks']} chunk(s) of "
             f"{summary['parts']} part(s) -> {GpuRollup5m.objects.count():,} 5-minute rows "
             f"({summary['grid_rows']:,} by the grid path), "
             f"{AllocationGpuHourly.objects.count():,} hourly rows); ceiling (bare SELECT ... "
-            f"GROUP BY gpu, bucket, {workers} parallel worker(s)) {ceiling_s:.2f} s, "
-            f"{rows / ceiling_s:,.0f} raw samples/s; ratio {ratio:.0%}; steps {summary.get('steps')}"
+            f"GROUP BY gpu, bucket; {_config(config)}, mean of its runs before and after) "
+            f"{ceiling_s:.2f} s, {rows / ceiling_s:,.0f} raw samples/s; ratio "
+            f"{ceiling_s / rollup_s:.0%} (to the fastest single run, {fastest_s:.2f} s with "
+            f"{_config(fastest)}: {fastest_s / rollup_s:.0%}); steps {summary.get('steps')}"
         )
     ticks = tick_seconds(connection=connection, t0=t0)
     if ticks:
@@ -342,10 +368,13 @@ def main() -> int:
             f"{statistics.median(ticks):.2f} s, {min(ticks):.2f}-{max(ticks):.2f} s"
         )
     rate, ratio = statistics.median(rates), statistics.median(ratios)
+    strict = statistics.median(strict_ratios)
     print(
         f"median of {ROUNDS} rounds: {rate:,.0f} raw samples/s, {ratio:.0%} of the ceiling "
-        f"(targets: >= 1,000,000 samples/s: {'met' if rate >= 1e6 else 'MISSED'}; "
-        f">= 50 % of ceiling: {'met' if ratio >= 0.5 else 'MISSED'})"
+        f"({strict:.0%} of its fastest single run) (targets: >= 1,000,000 samples/s: "
+        f"{'met' if rate >= 1e6 else 'MISSED'}; >= 50 % of ceiling: "
+        f"{'met' if ratio >= 0.5 else 'MISSED'}, of its fastest run: "
+        f"{'met' if strict >= 0.5 else 'MISSED'})"
     )
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 from apps.telemetry.models import GpuRollup5m, RollupPending
 from apps.telemetry.pending import bucket_of
 from apps.telemetry.rollups import rollups_run_pending
+from tests.conftest import require
 from tests.telemetry.test_rollup_helpers import (
     NOW,
     T0,
@@ -127,6 +128,24 @@ def test_grid_path_and_exact_statement_give_the_same_rows(settings, seed):
     assert grid == exact
     again = _rerun(settings, "never")
     assert again == exact
+
+
+def test_grid_path_compiled_by_jit_gives_the_same_rows(settings, postgres_only, monkeypatch):
+    """The grid pass runs JIT-compiled at scale: forced here for a small fleet, the rows are
+    those of the exact statement all the same."""
+    from django.db import connection
+
+    from apps.telemetry import rollups
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_jit_available()")
+        # Without a JIT provider "jit = on" compiles nothing (and is no error).
+        require(cursor.fetchone()[0], "this PostgreSQL server has no JIT provider")
+    monkeypatch.setattr(rollups, "_JIT_ABOVE_COST", 0)
+    monkeypatch.setattr(rollups, "_JIT_OPTIMIZE_ABOVE_COST", 0)
+    _random_fleet(4)
+    exact = _rerun(settings, "never")
+    assert _rerun(settings, "always") == exact
 
 
 def test_grid_path_hand_computed(settings):
