@@ -81,7 +81,29 @@ ceiling's time; claiming the marks (DELETE ... RETURNING into the claim: 0.27-0.
 psql, against 0.1 s for the bare DELETE) and the gap starters (their window and peel
 0.21-0.44 s, their 52,000 reads by key 0.30-0.53 s) alone take a third of it.
 
-Where the time goes now, per part (PostgreSQL's statement log): claim 0.25 s, preparation
+2026-12-07, afternoon, the box faster again: the grid pass JIT-compiled (LLVM optimization,
+no inlining: inlining added 0.1 s of compiling and nothing to the run). In psql, 5M samples
+aggregate in 1.15-1.25 s instead of 1.6 (the ceiling's query over the same 5M: 1.17-1.26 s
+either way); four alternating rounds each: full rollups 3.05-3.65 s (median 3.19) against
+3.57-4.20 s (median 3.74) without, and JIT on the 5-minute insert as well made it worse
+(3.38-3.75 s). The ceiling now includes JIT among its configurations and is run before and
+after each rollup (see above); JIT helps it a little too (1 worker, JIT on, in most rounds).
+Two runs of five rounds: full rollups 3.84-4.47 s and 3.38-4.84 s, medians 2,466,450 and
+2,631,977 samples/s; ceilings 1.53-1.87 s; ratios 38-47 % and 37-46 %, medians 42 % and 44 %
+(to the fastest single run: 40 % both); ticks median 0.64 and 0.60 s. Per part, from the
+statement log: claim 0.19-0.29 s, preparation 0.13, aggregate 1.34-1.67, gap starters
+0.42-0.65 (window 0.14-0.25, reads by key 0.17-0.29), 5-minute insert 0.54-1.13, hourly
+0.15-0.5; the coordinator 0.05 before and 0.15-0.25 after. A round writes about 145 MB of
+WAL (pg_current_wal_lsn before and after), the 5-minute rows 43 MB per part of it; an
+empty copy of the 5-minute table takes 167,000 rows in 0.37-0.48 s from one connection and
+0.54-0.70 s each from two at once (0.33-0.43 s unlogged): the two parts' writes contend for
+WAL. Tried and dropped that day: one aggregate per column on float8_accum (count and sum in
+one call) instead of a COUNT and a SUM, 1.69-1.90 s against 1.59-1.74; the 5-minute rows
+out through COPY TO and back in through COPY FROM (multi-row WAL records), 0.83-0.96 s per
+part against 0.39-0.63 for the INSERT; the split over one connection with a parallel
+aggregate, 6.3-6.9 s against 4.0-4.2.
+
+Where the time goes on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s, preparation
 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key), 5-minute insert
 1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the older part only),
 hourly rows 0.2-0.3; the coordinator 0.1 before and 0.2 after. The aggregate alone takes
