@@ -101,7 +101,12 @@ WAL. Tried and dropped that day: one aggregate per column on float8_accum (count
 one call) instead of a COUNT and a SUM, 1.69-1.90 s against 1.59-1.74; the 5-minute rows
 out through COPY TO and back in through COPY FROM (multi-row WAL records), 0.83-0.96 s per
 part against 0.39-0.63 for the INSERT; the split over one connection with a parallel
-aggregate, 6.3-6.9 s against 4.0-4.2.
+aggregate, 6.3-6.9 s against 4.0-4.2. What a step would save at most, measured by leaving it
+out (the rows then wrong), four alternating rounds each: the claim reading the marks
+without deleting them, nothing (2.98-3.48 s against 2.93-3.71); no gap starters at all (no
+window, no reads by key), 0.4 s (2.61-3.09 s, median 2.77, against 3.05-3.71, median 3.19),
+which is about what 50 % lacks; but a gap starter's value is known only once its bucket's
+bitmap is, so it takes a second look at the sample.
 
 Where the time goes on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s, preparation
 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key), 5-minute insert
