@@ -18,9 +18,9 @@ worker count from none to cores - 1), consuming every aggregate it computes (wit
 ``COUNT(*)`` outside, PostgreSQL drops them and times only the grouping). Each round runs
 every configuration once before the rollup and once after it; the ratio is to the best
 configuration's mean of those two runs (one run against one, and the box's drift during
-the round cancels), and the strictest reading, to the single fastest of the eight runs, is
-printed beside it. Before 2026-12-07 (afternoon) the ceiling was the fastest of two runs of
-each worker count after the rollup, JIT off.
+the round cancels), and the strictest reading, to the single fastest of all the round's
+runs (eight on 2 cores), is printed beside it. Before 2026-12-07 (afternoon) the ceiling
+was the fastest of two runs of each worker count after the rollup, JIT off.
 
 Measured 2026-12-03 on the 2-core box, defaults (9,897,000 samples; the rollup split over 2
 connections, as README advises for a database sharing a 2-core host), two runs of five
@@ -108,12 +108,12 @@ window, no reads by key), 0.4 s (2.61-3.09 s, median 2.77, against 3.05-3.71, me
 which is about what 50 % lacks; but a gap starter's value is known only once its bucket's
 bitmap is, so it takes a second look at the sample.
 
-Where the time goes on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s, preparation
-0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key), 5-minute insert
-1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the older part only),
-hourly rows 0.2-0.3; the coordinator 0.1 before and 0.2 after. The aggregate alone takes
-about as long as the ceiling, so 50 % leaves everything else one ceiling's time (2.2 s);
-it takes 2.6-2.9 s.
+Where the time went on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s,
+preparation 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key),
+5-minute insert 1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the
+older part only), hourly rows 0.2-0.3; the coordinator 0.1 before and 0.2 after. The
+aggregate alone takes about as long as the ceiling, so 50 % leaves everything else one
+ceiling's time (2.2 s); it takes 2.6-2.9 s.
 
 Where the time went on 2026-12-03 (a round of about 7 s): each of the two parts, side by
 side, claims and deletes its 167,000 marks (0.3 s), aggregates its 5 million samples into
@@ -318,7 +318,7 @@ def ceilings(
     """From the runs either side of a rollup: the ceiling's best configuration by the mean of
     its two runs (the one a rollup's time is compared with: one run against one, and the
     box's drift during the round cancels), and its single fastest run of all (the strictest
-    reading: the best of eight against one rollup). Each as (seconds, (JIT, workers))."""
+    reading: the best of 4 x cores runs against one rollup). Each as (seconds, (JIT, workers))."""
     mean = {c: (before[c] + after[c]) / 2 for c in before}
     fair = min(mean, key=mean.get)
     runs = [(s, c) for side in (before, after) for c, s in side.items()]
