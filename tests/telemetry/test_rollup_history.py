@@ -128,3 +128,49 @@ def test_a_tick_reads_the_rollup_tables_by_key_whatever_history_is_kept(path, se
     assert kept.count() == HISTORY_DAYS * 288 - 12
     assert GpuRollup5m.objects.get(gpu=gpus[0], bucket=T0 - 3900).busy_s == 150
     assert AllocationGpuHourly.objects.filter(hour__lt=T0).count() == 2 * HISTORY_DAYS * 24
+
+
+@contextlib.contextmanager
+def plans_recorded(prefix: str, plans: list[list[str]]):
+    """The plans of the statements starting with ``prefix``, explained just before each runs."""
+
+    def explain_first(execute, sql, params, many, context):
+        if not many and sql.lstrip().startswith(prefix):
+            cursor = context["cursor"].cursor
+            explain = "EXPLAIN " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+            cursor.execute(explain + sql, params)
+            plans.append([str(row[-1]).strip() for row in cursor.fetchall()])
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(explain_first):
+        yield
+
+
+def test_gap_starters_are_read_one_by_one_also_past_the_raw_statistics(settings):
+    """The newest samples lie past the raw partitions' statistics, where PostgreSQL expects
+    one sample in any time range: left to choose, it reads the range once and tests every
+    gap starter against each sample in it (a tick of 10,000 GPUs: minutes)."""
+    settings.FLOPWATCH_ROLLUP_GRID_PATH = "always"
+    gpus = fleet(gpus=2, interval=10)
+    for gpu in gpus:
+        samples(gpu, range(0, 3600, 10), util_pct=50.0, mem_used_mib=2048.0, power_w=300.0)
+    rollups_run_pending(now=at(3600))
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE telemetry_rawsample")  # as autovacuum would by now
+    for gpu in gpus:
+        # A minute more with a missing sample at 3630: the one at 3620 starts a gap.
+        samples(gpu, [3600, 3610, 3620, 3640, 3650], util_pct=25.0, mem_used_mib=2048.0)
+    plans: list[list[str]] = []
+    with plans_recorded("INSERT INTO fw_gs ", plans):
+        rollups_run_pending(now=at(3660))
+    assert plans, "the grid path read no gap starters"
+    for plan in plans:
+        # The first relation read is the outer side: the gap starters, each then probed.
+        first = next(line for line in plan if re.search(r"\b(Scan|SCAN|SEARCH)\b", line))
+        assert re.search(r"(Seq Scan on fw_gsk|^SCAN k\b)", first), "\n".join(plan)
+    # 3620 stands for the cap (20 s, over the missing sample), and so does the newest, 3650:
+    # 10 + 10 + 20 + 10 + 20 s, at 25 %.
+    row = GpuRollup5m.objects.get(gpu=gpus[0], bucket=T0 + 3600)
+    assert (row.samples, row.covered_s) == (5, 70)
+    assert row.busy_s == pytest.approx(17.5)
