@@ -29,8 +29,12 @@ samples/s; ceilings of 2.33-3.32 s (1 parallel worker); ratios 37-41 % and 35-44
 39 % and 37 %. So >= 1,000,000 samples/s is met and >= 50 % of the ceiling is missed. The
 box's speed wanders by a third within minutes; the ratio moves less.
 
-Then ``BENCH_TICKS`` (default 5) beat ticks of the steady state, each after one more minute
-of samples from every GPU: 0.77-1.02 s, median 0.90 s (claim and islands 0.1 s, 5-minute rows
+Then ``BENCH_HISTORY_DAYS`` (default 30) days of 5-minute and hourly rows are seeded before the
+samples, as a fleet keeps them (5-minute rows 180 days by default), and one more full rollup
+runs beside them; then ``BENCH_TICKS`` (default 5) beat ticks of the steady state, each after
+one more minute of samples from every GPU, beside the history too (before 2026-12-07,
+evening, the ticks ran on tables holding only the benchmark's own rows, which hid plans that
+read whole tables: see below). Figures of the ticks before then: 0.77-1.02 s, median 0.90 s (claim and islands 0.1 s, 5-minute rows
 0.3 s, hourly rows 0.2 s, today's and yesterday's daily usage and capacity 0.25 s). At
 10,000 GPUs (``BENCH_GPUS=10000 BENCH_SAMPLES_PER_GPU=2000``, 19,790,000 samples, one round):
 the full rollup 21.08 s in two chunks, 938,976 samples/s, 40 % of the ceiling; ticks
@@ -108,6 +112,22 @@ window, no reads by key), 0.4 s (2.61-3.09 s, median 2.77, against 3.05-3.71, me
 which is about what 50 % lacks; but a gap starter's value is known only once its bucket's
 bitmap is, so it takes a second look at the sample.
 
+2026-12-07, evening: history kept. A tick cost what the history kept cost, not what its work
+did: with 41 days of 1,000 GPUs in the tables (12M 5-minute rows, 1M hourly ones) every tick
+took 5.3-5.9 s instead of 0.6 and a full rollup 10-11 s instead of 3.5, since three
+statements read whole tables (the islands' 5-minute delete, the hourly rows' read of the
+5-minute sums, the hourly delete); at 10,000 GPUs with 7 days kept, capacity's busy seconds
+read the whole 5-minute table for each day, and the gap starters' probes, past the raw
+statistics, were planned the wrong way round (ticks of 8.6, 9.5, 30 and 110 s). All now read
+by key (tested by explaining each statement before it runs). Two runs of five rounds after
+that, the box slower than in the afternoon (ceilings 1.38-2.10 s): full rollups 3.35-4.87 s
+and 3.83-5.40 s, medians 2,563,198 and 2,429,110 samples/s, ratios 34-46 % and 35-42 %
+(medians 41 % and 39 %); beside 30 days of history, full rollups 5.57 and 5.67 s (one each;
+3.77 s in an earlier run: the new rows go into the middle of a 260 MB key instead of an
+empty one), ticks 0.52-0.74 s and 0.73-0.88 s (medians 0.64 and 0.78 s); at 10,000 GPUs
+beside 7 days (``BENCH_HISTORY_DAYS=7``), ticks 3.60-4.35 s, median 3.80 s (the box slower still:
+that run's ceiling 6.58 s against 4.39 s an hour before).
+
 Where the time went on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s,
 preparation 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key),
 5-minute insert 1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the
@@ -149,6 +169,9 @@ INTERVAL = 10
 # Beat ticks of the steady state timed after the rounds, each after a minute of samples.
 TICKS = int(os.environ.get("BENCH_TICKS", "5"))
 TICK_S = 60
+# Days of 5-minute and hourly rows kept before the samples, seeded after the rounds: the
+# ticks (and one more full rollup) then run beside what a fleet keeps, as in production.
+HISTORY_DAYS = int(os.environ.get("BENCH_HISTORY_DAYS", "30"))
 BASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/flopwatch_bench")
 DB_URL = BASE_URL + "_rollup"
 
@@ -208,13 +231,19 @@ def seed(*, t0: int) -> int:
         return cursor.fetchone()[0]
 
 
-def remark(*, connection) -> None:
-    """Every bucket pending again and every rollup row gone: the same full rollup anew."""
+def remark(*, connection, keep_before: int | None = None) -> None:
+    """Every bucket pending again and every rollup row gone: the same full rollup anew.
+    With ``keep_before``, the 5-minute and hourly rows before it (the history) stay."""
     with connection.cursor() as cursor:
+        kept = ("telemetry_gpurollup5m", "telemetry_allocationgpuhourly", "telemetry_usagehourly")
+        if keep_before is not None:
+            cursor.execute("DELETE FROM telemetry_gpurollup5m WHERE bucket >= %s", [keep_before])
+            for table in kept[1:]:
+                cursor.execute(f"DELETE FROM {table} WHERE hour >= %s", [keep_before])  # noqa: S608
+            for table in kept:
+                cursor.execute(f"VACUUM ANALYZE {table}")
         for table in (
-            "telemetry_gpurollup5m",
-            "telemetry_allocationgpuhourly",
-            "telemetry_usagehourly",
+            *(() if keep_before is not None else kept),
             "telemetry_usagedaily",
             "telemetry_capacitydaily",
             "telemetry_rolluppending",
@@ -230,6 +259,55 @@ def remark(*, connection) -> None:
         # Write out the dirty pages now, so that the checkpoint they would trigger does not
         # run in the background of the timed rollup (and of the ceiling after it).
         cursor.execute("CHECKPOINT")
+
+
+def history_seed(*, connection, t0: int, days: int) -> int:
+    """``days`` of 5-minute rows of every GPU before ``t0`` (a whole hour), and the hourly rows
+    of a job per GPU that held it all that time; analyzed, as autovacuum would have them.
+    Returns the 5-minute rows written."""
+    from apps.tenancy.models import Allocation, AllocationGpu, Project
+
+    start = dt.datetime.fromtimestamp(t0 - days * 86400, tz=dt.UTC)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO telemetry_gpurollup5m (gpu_id, bucket, samples, covered_s, missing_s,
+                allocated_s, busy_s, idle_s, mem_held_idle_s, util_mean, util_max,
+                sm_active_mean, mem_used_mean_mib, mem_used_max_mib, power_mean_w, energy_j,
+                activity_source)
+            SELECT g.id, %s - 300 * k, 30, 300, 0, 300, 150, 100, 50, 50, 90, NULL, 40960,
+                   40960, 400, 120000, 'util'
+            FROM fleet_gpu g CROSS JOIN generate_series(1, %s) AS k
+            ORDER BY 1, 2
+            """,
+            [t0, days * 288],
+        )
+        rows = cursor.rowcount
+    project = Project.objects.order_by("pk").first()
+    for gpu_id in sorted(AllocationGpu.objects.values_list("gpu_id", flat=True).distinct()):
+        old = Allocation.objects.create(
+            source="bench-history",
+            external_id=f"old-{gpu_id}",
+            project=project,
+            start=start,
+            end=dt.datetime.fromtimestamp(t0, tz=dt.UTC),
+        )
+        AllocationGpu.objects.create(allocation=old, gpu_id=gpu_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO telemetry_allocationgpuhourly (allocation_id, gpu_id, hour,
+                allocated_s, observed_s, busy_s, idle_s, mem_held_idle_s)
+            SELECT ag.allocation_id, ag.gpu_id, %s - 3600 * k, 3600, 3600, 1800, 1200, 600
+            FROM tenancy_allocationgpu ag
+            JOIN tenancy_allocation a ON a.id = ag.allocation_id AND a.source = 'bench-history'
+            CROSS JOIN generate_series(1, %s) AS k
+            """,
+            [t0, days * 24],
+        )
+        for table in ("telemetry_gpurollup5m", "telemetry_allocationgpuhourly"):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    return rows
 
 
 def samples_insert(*, connection, t0: int, first: int, count: int) -> None:
@@ -387,10 +465,29 @@ def main() -> int:
             f"{ceiling_s / rollup_s:.0%} (to the fastest single run, {fastest_s:.2f} s with "
             f"{_config(fastest)}: {fastest_s / rollup_s:.0%}); steps {summary.get('steps')}"
         )
+    if HISTORY_DAYS:
+        # Ending an hour before the samples' first hour: whole hours, and out of the reach
+        # of the recomputed buckets (the history has no raw samples behind it).
+        history_end = t0 - t0 % 3600 - 3600
+        started = time.perf_counter()
+        kept = history_seed(connection=connection, t0=history_end, days=HISTORY_DAYS)
+        print(
+            f"history: {HISTORY_DAYS} days of 5-minute and hourly rows before the samples "
+            f"({kept:,} 5-minute rows) seeded in {time.perf_counter() - started:.1f} s"
+        )
+        remark(connection=connection, keep_before=history_end)
+        started = time.perf_counter()
+        summary = rollups_run_pending(now=now)
+        rollup_s = time.perf_counter() - started
+        print(
+            f"full rollup beside the history: {rollup_s:.2f} s, {rows / rollup_s:,.0f} raw "
+            f"samples/s; steps {summary.get('steps')}"
+        )
     ticks = tick_seconds(connection=connection, t0=t0)
     if ticks:
         print(
-            f"steady state: {len(ticks)} beat ticks, each after one minute of samples from "
+            f"steady state{f' beside {HISTORY_DAYS} days of history' if HISTORY_DAYS else ''}: "
+            f"{len(ticks)} beat ticks, each after one minute of samples from "
             f"every GPU ({GPUS * TICK_S // INTERVAL:,} samples): median "
             f"{statistics.median(ticks):.2f} s, {min(ticks):.2f}-{max(ticks):.2f} s"
         )
