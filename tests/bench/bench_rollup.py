@@ -32,14 +32,14 @@ box's speed wanders by a third within minutes; the ratio moves less.
 Then ``BENCH_HISTORY_DAYS`` (default 30) days of 5-minute and hourly rows are seeded before the
 samples, as a fleet keeps them (5-minute rows 180 days by default), and one more full rollup
 runs beside them; then ``BENCH_TICKS`` (default 5) beat ticks of the steady state, each after
-one more minute of samples from every GPU, beside the history too (before 2026-12-07,
-evening, the ticks ran on tables holding only the benchmark's own rows, which hid plans that
-read whole tables: see below). Figures of the ticks before then: 0.77-1.02 s, median 0.90 s (claim and islands 0.1 s, 5-minute rows
-0.3 s, hourly rows 0.2 s, today's and yesterday's daily usage and capacity 0.25 s). At
-10,000 GPUs (``BENCH_GPUS=10000 BENCH_SAMPLES_PER_GPU=2000``, 19,790,000 samples, one round):
-the full rollup 21.08 s in two chunks, 938,976 samples/s, 40 % of the ceiling; ticks
-3.46-4.30 s, median 3.94 s, of which the daily rows about 0.9 s (they read the two days' 5-minute
-rows, so a tick late in the day costs a few seconds more).
+one more minute of samples from every GPU, beside the history too (before 2026-12-07, evening,
+the ticks ran on tables holding only the benchmark's own rows, which hid plans that read whole
+tables: see below). Figures of the ticks before then: 0.77-1.02 s, median 0.90 s (claim and
+islands 0.1 s, 5-minute rows 0.3 s, hourly rows 0.2 s, today's and yesterday's daily usage and
+capacity 0.25 s). At 10,000 GPUs (``BENCH_GPUS=10000 BENCH_SAMPLES_PER_GPU=2000``, 19,790,000
+samples, one round): the full rollup 21.08 s in two chunks, 938,976 samples/s, 40 % of the
+ceiling; ticks 3.46-4.30 s, median 3.94 s, of which the daily rows about 0.9 s (they read the
+two days' 5-minute rows, so a tick late in the day costs a few seconds more).
 
 Earlier: the unsplit grid path 7.7-12.2 s (25-31 %), the exact LEAD statement 35.3 s.
 
@@ -114,19 +114,19 @@ bitmap is, so it takes a second look at the sample.
 
 2026-12-07, evening: history kept. A tick cost what the history kept cost, not what its work
 did: with 41 days of 1,000 GPUs in the tables (12M 5-minute rows, 1M hourly ones) every tick
-took 5.3-5.9 s instead of 0.6 and a full rollup 10-11 s instead of 3.5, since three
-statements read whole tables (the islands' 5-minute delete, the hourly rows' read of the
-5-minute sums, the hourly delete); at 10,000 GPUs with 7 days kept, capacity's busy seconds
-read the whole 5-minute table for each day, and the gap starters' probes, past the raw
-statistics, were planned the wrong way round (ticks of 8.6, 9.5, 30 and 110 s). All now read
-by key (tested by explaining each statement before it runs). Two runs of five rounds after
-that, the box slower than in the afternoon (ceilings 1.38-2.10 s): full rollups 3.35-4.87 s
-and 3.83-5.40 s, medians 2,563,198 and 2,429,110 samples/s, ratios 34-46 % and 35-42 %
-(medians 41 % and 39 %); beside 30 days of history, full rollups 5.57 and 5.67 s (one each;
-3.77 s in an earlier run: the new rows go into the middle of a 260 MB key instead of an
-empty one), ticks 0.52-0.74 s and 0.73-0.88 s (medians 0.64 and 0.78 s); at 10,000 GPUs
-beside 7 days (``BENCH_HISTORY_DAYS=7``), ticks 3.60-4.35 s, median 3.80 s (the box slower still:
-that run's ceiling 6.58 s against 4.39 s an hour before).
+took 5.3-5.9 s instead of 0.6 and a full rollup 10-11 s instead of 3.5, since three statements
+read whole tables (the islands' 5-minute delete, the hourly rows' read of the 5-minute sums,
+the hourly delete); at 10,000 GPUs with 7 days kept, capacity's busy seconds read the whole
+5-minute table for each day, and the gap starters' probes, past the raw statistics, were
+planned the wrong way round (ticks of 8.6, 9.5, 30 and 110 s). All now read by key (tested by
+explaining each statement before it runs). Two runs of five rounds after that, the box slower
+than in the afternoon (ceilings 1.38-2.10 s): full rollups 3.35-4.87 s and 3.83-5.40 s, medians
+2,563,198 and 2,429,110 samples/s, ratios 34-46 % and 35-42 % (medians 41 % and 39 %); beside
+30 days of history, full rollups 5.57 and 5.67 s (one each; 3.77 s in an earlier run: the new
+rows go into the middle of a 260 MB key instead of an empty one), ticks 0.52-0.74 s and
+0.73-0.88 s (medians 0.64 and 0.78 s); at 10,000 GPUs beside 7 days (``BENCH_HISTORY_DAYS=7``),
+ticks 3.60-4.35 s, median 3.80 s (the box slower still: that run's ceiling 6.58 s against 4.39
+s an hour before).
 
 Where the time went on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s,
 preparation 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key),
