@@ -927,13 +927,14 @@ def _gpu_5m_recompute(cursor, *, pad: int) -> tuple[int, int]:
     if _pg():
         # Island by island along the key. PostgreSQL would otherwise hash the islands and
         # read the whole table, every 5-minute row kept (180 days), on every tick: 2.6 s a
-        # tick with 41 days of 1,000 GPUs kept, nothing measurable so.
-        _plan(cursor, hashjoin=False, mergejoin=False)
+        # tick with 41 days of 1,000 GPUs kept, nothing measurable so. No sequential scan
+        # either: with few GPUs it guesses that an island holds a large share of the table.
+        _plan(cursor, hashjoin=False, mergejoin=False, seqscan=False)
         cursor.execute(
             f"""DELETE FROM {table} r USING fw_isl i
                 WHERE r.gpu_id = i.gpu_id AND r.bucket >= i.tlo AND r.bucket < i.thi"""
         )
-        _plan(cursor, hashjoin=True, mergejoin=True)
+        _plan(cursor, hashjoin=True, mergejoin=True, seqscan=True)
     else:
         # SQLite has no DELETE ... USING. The keys to delete are listed island by island
         # (a CROSS JOIN is joined in the order written), not by a pass over the table
@@ -1148,12 +1149,14 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
     # fw_hour and read every hourly row kept (the table grows by a fleet's worth an hour).
     hours = _hours_listed(cursor)
     in_hours, hour_params = _in_list("hour", hours)
+    _plan(cursor, seqscan=False)
     cursor.execute(
         f"""DELETE FROM {table} WHERE {in_hours} AND EXISTS (
               SELECT 1 FROM fw_hour h WHERE h.gpu_id = {table}.gpu_id
               AND h.hour = {table}.hour)""",
         hour_params,
     )
+    _plan(cursor, seqscan=True)
     # Boundary buckets of allocations inside the hours to recompute.
     cursor.execute("DELETE FROM fw_src")
     cursor.execute("DELETE FROM fw_pisl")
@@ -1197,7 +1200,7 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
     _analyze(cursor, "fw_q")
     # The sums of the buckets wholly inside each allocation, read along the 5-minute
     # table's key: one range per run of consecutive hours of a GPU and allocation (nested
-    # loops only). As a hash join PostgreSQL reads every 5-minute row kept, 2.5 s per tick
+    # loops and index scans only). As a hash join PostgreSQL reads every 5-minute row kept, 2.5 s per tick
     # for 41 days of 1,000 GPUs; hour by hour, a range per hour, it costs a full rollup of
     # 10M samples 0.05-0.1 s more than this.
     cursor.execute("DELETE FROM fw_hisl")
@@ -1215,7 +1218,7 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
     )
     _analyze(cursor, "fw_hisl")
     cursor.execute("DELETE FROM fw_whole")
-    _plan(cursor, hashjoin=False, mergejoin=False)
+    _plan(cursor, hashjoin=False, mergejoin=False, seqscan=False)
     cursor.execute(
         f"""
         INSERT INTO fw_whole (allocation_id, gpu_id, hour, cov, busy, idle, held)
@@ -1233,6 +1236,7 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
         """,
         [],
     )
+    _plan(cursor, seqscan=True)
     # Hash joins and hash aggregation (merge joins and sorts stay off): PostgreSQL,
     # misjudging the temporary tables, would sort a few hundred thousand 5-minute rows for a
     # merge join or a grouping (0.5 s of the 1.1 s here).

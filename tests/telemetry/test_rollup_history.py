@@ -69,12 +69,13 @@ def history_write(*, gpus, days: int) -> None:
 
 
 def _whole_reads(cursor, sql: str, params) -> list[str]:
-    """The lines of the plan of ``sql`` that read one of the watched tables whole."""
+    """Where the plan of ``sql`` reads one of the watched tables whole, what tells it (the
+    whole plan on PostgreSQL, those steps on SQLite); else nothing."""
     if connection.vendor == "postgresql":
         cursor.execute("EXPLAIN " + sql, params)
         lines = [row[0] for row in cursor.fetchall()]
         seq = re.compile(r"Seq Scan on (" + "|".join(WATCHED) + r")\b")
-        return [line for line in lines if seq.search(line)]
+        return lines if any(seq.search(line) for line in lines) else []
     cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
     details = [row[-1] for row in cursor.fetchall()]
     names = set()
@@ -117,7 +118,7 @@ def test_a_tick_reads_the_rollup_tables_by_key_whatever_history_is_kept(path, se
             samples(gpu, range(3600, 3660, 10), util_pct=50.0, mem_used_mib=2048.0)
         rollups_run_pending(now=at(3660))
     assert not found, "statements reading a whole rollup table:\n" + "\n".join(
-        f"{sql}\n    {reads}" for sql, reads in found
+        f"{sql}\n    " + "\n    ".join(reads) for sql, reads in found
     )
     # And the numbers are those of the work, next to the history left as it was (but for
     # the buckets just before T0, within a new sample's reach, which raw now says are empty).
