@@ -126,7 +126,9 @@ than in the afternoon (ceilings 1.38-2.10 s): full rollups 3.35-4.87 s and 3.83-
 rows go into the middle of a 260 MB key instead of an empty one), ticks 0.52-0.74 s and
 0.73-0.88 s (medians 0.64 and 0.78 s); at 10,000 GPUs beside 7 days (``BENCH_HISTORY_DAYS=7``),
 ticks 3.60-4.35 s, median 3.80 s (the box slower still: that run's ceiling 6.58 s against 4.39
-s an hour before).
+s an hour before). After sequential scans were switched off for those statements as well
+(7caa102), three rounds: full rollups 3.41-4.03 s, median 2,821,549 samples/s, ratios 42-46 %
+(median 43 %); beside the history 5.01 s; ticks 0.62-0.90 s, median 0.84 s.
 
 Where the time went on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s,
 preparation 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key),
