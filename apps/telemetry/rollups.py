@@ -1137,8 +1137,9 @@ def _seq_scan_better(cursor, *, lo: int, hi: int) -> bool:
     return stored > 0 and wanted > 0.2 * stored
 
 
-def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
-    """Replace every ``AllocationGpuHourly`` row of the (GPU, hour) pairs in ``fw_hour``.
+def _hourly_recompute(cursor, *, pad: int, gap: int, hours: list[int]) -> int:
+    """Replace every ``AllocationGpuHourly`` row of the (GPU, hour) pairs in ``fw_hour``
+    (``hours``: its distinct hours, ``_hours_listed``).
 
     Buckets wholly inside an allocation take the GPU's 5-minute row as it is; the (at most
     two) buckets an allocation starts or ends inside are cut to the second from raw pieces.
@@ -1147,7 +1148,6 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
     r5 = _t(GpuRollup5m)
     # The hours as a list of values, through the hour index: PostgreSQL would otherwise hash
     # fw_hour and read every hourly row kept (the table grows by a fleet's worth an hour).
-    hours = _hours_listed(cursor)
     in_hours, hour_params = _in_list("hour", hours)
     _plan(cursor, seqscan=False)
     cursor.execute(
@@ -1200,9 +1200,9 @@ def _hourly_recompute(cursor, *, pad: int, gap: int) -> int:
     _analyze(cursor, "fw_q")
     # The sums of the buckets wholly inside each allocation, read along the 5-minute
     # table's key: one range per run of consecutive hours of a GPU and allocation (nested
-    # loops and index scans only). As a hash join PostgreSQL reads every 5-minute row kept, 2.5 s per tick
-    # for 41 days of 1,000 GPUs; hour by hour, a range per hour, it costs a full rollup of
-    # 10M samples 0.05-0.1 s more than this.
+    # loops and index scans only). As a hash join PostgreSQL reads every 5-minute row kept,
+    # 2.5 s per tick for 41 days of 1,000 GPUs; hour by hour, a range per hour, it costs a
+    # full rollup of 10M samples 0.05-0.1 s more than this.
     cursor.execute("DELETE FROM fw_hisl")
     cursor.execute(
         f"""
@@ -1332,11 +1332,11 @@ def _usage_daily_recompute(*, days: set[int]) -> int:
     return len(rows)
 
 
-def _usage_hourly_recompute(cursor) -> int:
+def _usage_hourly_recompute(cursor, *, hours: list[int]) -> int:
     """Replace ``UsageHourly`` for every hour in ``fw_hour`` from the hourly rows: whole hours
-    (every GPU's rows of them), so a row stays the sum of exactly its hour's rows."""
+    (every GPU's rows of them), so a row stays the sum of exactly its hour's rows. ``hours``:
+    those of ``fw_hour`` (``_hours_listed``)."""
     table, hourly = _t(UsageHourly), _t(AllocationGpuHourly)
-    hours = _hours_listed(cursor)
     in_hours, hour_params = _in_list("hour", hours)
     cursor.execute(f"DELETE FROM {table} WHERE {in_hours}", hour_params)
     in_hours, hour_params = _in_list("h.hour", hours)
@@ -1398,27 +1398,24 @@ def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
         if e > s:
             spans[parent_id or gpu_id].append((s, e))
     acc: dict[tuple[int, int, str], list[float]] = {}
+    # Each day's busy seconds by the GPUs' ids: one short range of the (GPU, bucket) key each,
+    # the day's pages read once (a bitmap). PostgreSQL misjudges a list of 10,000 ids and
+    # would read the whole table instead, every 5-minute row kept: 0.85 s a day with 7 days of
+    # 10,000 GPUs kept, against 0.41 s so, and it grows with the history.
+    with connection.cursor() as cursor:
+        _plan(cursor, seqscan=False, indexscan=False)
     for day_number in sorted(days):
         lo = day_number * DAY_S
         hi = min(lo + DAY_S, now_ts)
         if hi <= lo:
             continue
-        with connection.cursor() as cursor:
-            # By the GPUs' ids: one short range of the (GPU, bucket) key each, the day's
-            # pages read once (a bitmap). PostgreSQL misjudges a list of 10,000 ids and would
-            # read the whole table instead, every 5-minute row kept: 0.85 s a day with 7
-            # days of 10,000 GPUs kept, against 0.41 s so, and it grows with the history.
-            _plan(cursor, seqscan=False, indexscan=False)
-            day_busy = dict(
-                GpuRollup5m.objects.filter(
-                    gpu_id__in=list(gpus), bucket__gte=lo, bucket__lt=lo + DAY_S
-                )
-                .values("gpu_id")
-                .annotate(total=Sum("busy_s"))
-                .values_list("gpu_id", "total")
-                .order_by()
-            )
-            _plan(cursor, seqscan=True, indexscan=True)
+        day_busy = dict(
+            GpuRollup5m.objects.filter(gpu_id__in=list(gpus), bucket__gte=lo, bucket__lt=lo + DAY_S)
+            .values("gpu_id")
+            .annotate(total=Sum("busy_s"))
+            .values_list("gpu_id", "total")
+            .order_by()
+        )
         for gpu_id, gpu in gpus.items():
             first = _epoch(gpu["first_seen_at"]) if gpu["first_seen_at"] else lo
             start = max(lo, first)
@@ -1432,6 +1429,8 @@ def _capacity_daily_recompute(*, days: set[int], now_ts: int) -> int:
             row[0] += hi - start
             row[1] += allocated
             row[2] += day_busy.get(gpu_id) or 0.0
+    with connection.cursor() as cursor:
+        _plan(cursor, seqscan=True, indexscan=True)
     rows = [
         CapacityDaily(
             day=dates[day_number],
@@ -1550,8 +1549,9 @@ def _part_compute(
     # Allocation boundaries are cut from samples read one cap (the largest of every GPU
     # loaded) beyond their buckets: all a piece needs, and a third of the rows of
     # reading whole neighbouring buckets.
-    hourly_rows = _hourly_recompute(cursor, pad=cap, gap=gap)
-    _usage_hourly_recompute(cursor)
+    hours = _hours_listed(cursor)
+    hourly_rows = _hourly_recompute(cursor, pad=cap, gap=gap, hours=hours)
+    _usage_hourly_recompute(cursor, hours=hours)
     steps["hourly"] = time.perf_counter() - mark
     return {
         "gpu_rows": gpu_rows,
