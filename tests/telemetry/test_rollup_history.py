@@ -68,38 +68,41 @@ def history_write(*, gpus, days: int) -> None:
                 cursor.execute(f"ANALYZE {table}")
 
 
-def _whole_reads(cursor, sql: str, params) -> list[str]:
-    """Where the plan of ``sql`` reads one of the watched tables whole, what tells it (the
+@contextlib.contextmanager
+def plans_recorded(wanted, plans: list[tuple[str, list[str]]]):
+    """(SQL, plan lines) of every statement for which ``wanted(sql)`` is true, explained just
+    before it runs: in the transaction's state and planner settings of that moment."""
+    explain = "EXPLAIN " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+
+    def explain_first(execute, sql, params, many, context):
+        if not many and wanted(sql):
+            # The driver's own cursor: past this wrapper.
+            cursor = context["cursor"].cursor
+            cursor.execute(explain + sql, params)
+            plans.append((sql, [str(row[-1]) for row in cursor.fetchall()]))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(explain_first):
+        yield
+
+
+def _names_watched(sql: str) -> bool:
+    return bool(_NAMED.search(sql)) and not sql.lstrip().upper().startswith(("ANALYZE", "TRUNCATE"))
+
+
+def _whole_reads(sql: str, plan: list[str]) -> list[str]:
+    """Where ``plan`` (of ``sql``) reads one of the watched tables whole, what tells it (the
     whole plan on PostgreSQL, those steps on SQLite); else nothing."""
     if connection.vendor == "postgresql":
-        cursor.execute("EXPLAIN " + sql, params)
-        lines = [row[0] for row in cursor.fetchall()]
         seq = re.compile(r"Seq Scan on (" + "|".join(WATCHED) + r")\b")
-        return lines if any(seq.search(line) for line in lines) else []
-    cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
-    details = [row[-1] for row in cursor.fetchall()]
+        return plan if any(seq.search(line) for line in plan) else []
     names = set()
     for table, alias in _NAMED.findall(sql):
         names.add(table)
         if alias and alias.upper() not in _NOT_ALIASES:
             names.add(alias)
     # SQLite's SCAN is a pass over the table (or over a whole index of it); SEARCH is by key.
-    return [d for d in details if d.startswith("SCAN ") and d.split()[1] in names]
-
-
-@contextlib.contextmanager
-def whole_reads_recorded(found: list[tuple[str, list[str]]]):
-    def explain_first(execute, sql, params, many, context):
-        statement = sql.lstrip().upper()
-        if not many and _NAMED.search(sql) and not statement.startswith(("ANALYZE", "TRUNCATE")):
-            # The driver's own cursor: past this wrapper, in the transaction's state.
-            reads = _whole_reads(context["cursor"].cursor, sql, params)
-            if reads:
-                found.append((" ".join(sql.split())[:300], reads))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(explain_first):
-        yield
+    return [d for d in plan if d.startswith("SCAN ") and d.split()[1] in names]
 
 
 @pytest.mark.parametrize("path", ["never", "always"], ids=["exact", "grid"])
@@ -110,13 +113,18 @@ def test_a_tick_reads_the_rollup_tables_by_key_whatever_history_is_kept(path, se
     allocation = allocate(external_id="job-1", gpus=gpus, start=0, end=None)
     for gpu in gpus:
         samples(gpu, range(0, 3600, 10), util_pct=50.0, mem_used_mib=2048.0, power_w=300.0)
-    found: list[tuple[str, list[str]]] = []
-    with whole_reads_recorded(found):
+    plans: list[tuple[str, list[str]]] = []
+    with plans_recorded(_names_watched, plans):
         # The backlog of the first hour, then a tick after one more minute of samples.
         rollups_run_pending(now=at(3600))
         for gpu in gpus:
             samples(gpu, range(3600, 3660, 10), util_pct=50.0, mem_used_mib=2048.0)
         rollups_run_pending(now=at(3660))
+    found = [
+        (" ".join(sql.split())[:300], reads)
+        for sql, plan in plans
+        if (reads := _whole_reads(sql, plan))
+    ]
     assert not found, "statements reading a whole rollup table:\n" + "\n".join(
         f"{sql}\n    " + "\n    ".join(reads) for sql, reads in found
     )
@@ -129,22 +137,6 @@ def test_a_tick_reads_the_rollup_tables_by_key_whatever_history_is_kept(path, se
     assert kept.count() == HISTORY_DAYS * 288 - 12
     assert GpuRollup5m.objects.get(gpu=gpus[0], bucket=T0 - 3900).busy_s == 150
     assert AllocationGpuHourly.objects.filter(hour__lt=T0).count() == 2 * HISTORY_DAYS * 24
-
-
-@contextlib.contextmanager
-def plans_recorded(prefix: str, plans: list[list[str]]):
-    """The plans of the statements starting with ``prefix``, explained just before each runs."""
-
-    def explain_first(execute, sql, params, many, context):
-        if not many and sql.lstrip().startswith(prefix):
-            cursor = context["cursor"].cursor
-            explain = "EXPLAIN " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
-            cursor.execute(explain + sql, params)
-            plans.append([str(row[-1]).strip() for row in cursor.fetchall()])
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(explain_first):
-        yield
 
 
 def test_gap_starters_are_read_one_by_one_also_past_the_raw_statistics(settings):
@@ -162,11 +154,11 @@ def test_gap_starters_are_read_one_by_one_also_past_the_raw_statistics(settings)
     for gpu in gpus:
         # A minute more with a missing sample at 3630: the one at 3620 starts a gap.
         samples(gpu, [3600, 3610, 3620, 3640, 3650], util_pct=25.0, mem_used_mib=2048.0)
-    plans: list[list[str]] = []
-    with plans_recorded("INSERT INTO fw_gs ", plans):
+    plans: list[tuple[str, list[str]]] = []
+    with plans_recorded(lambda sql: sql.lstrip().startswith("INSERT INTO fw_gs "), plans):
         rollups_run_pending(now=at(3660))
     assert plans, "the grid path read no gap starters"
-    for plan in plans:
+    for _, plan in plans:
         # The first relation read is the outer side: the gap starters, each then probed.
         first = next(line for line in plan if re.search(r"\b(Scan|SCAN|SEARCH)\b", line))
         assert re.search(r"(Seq Scan on fw_gsk|^SCAN k\b)", first), "\n".join(plan)
