@@ -506,6 +506,26 @@ _GRID_MIN_INTERVAL = 5
 _OFF_GRID_POS = 62
 _OFF_GRID_BIT = 1 << _OFF_GRID_POS
 
+# The grid pass counts in fields of one sum: a bucket holds at most 300 samples (one a
+# second), so a count fits 9 bits, and one sample adds 1 to each field it counts in. Two
+# sums stand for seven counts: every aggregate costs about a tenth of the pass, and these
+# CASE expressions, compiled by the JIT, cost less (5M samples: 2.72 s against 2.94 s).
+_COUNT_BITS = 9
+
+
+def _field(k: int) -> int:
+    """The unit of field ``k`` (0 the lowest) of a packed count."""
+    return 1 << (_COUNT_BITS * k)
+
+
+def _unpacked(packed: str, *names: str) -> str:
+    """Select items reading the fields of the packed count ``packed`` as ``names``."""
+    mask = (1 << _COUNT_BITS) - 1
+    return ", ".join(
+        f"({packed} >> {_COUNT_BITS * k}) & {mask} AS {name}" for k, name in enumerate(names)
+    )
+
+
 _GRID_AGG_COLUMNS = (
     "gpu_id, b, step, n, ok, bits, n_act, s_act, n_idle, n_held, s_pow, util_mean, util_max, "
     "sm_mean, mem_mean, mem_max, pow_mean, n_prof"
@@ -605,13 +625,13 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
             # 0.1 s of 2.4 for 5M.
             pos = f"CASE WHEN ts %% {step} = 0 THEN {pos} ELSE {_OFF_GRID_POS} END"
             bits = f"BIT_OR(CAST(1 AS BIGINT) << CAST({pos} AS INTEGER))"
-            off_column, off_grid = "", f"bits & {_OFF_GRID_BIT}"
+            off_column, off_grid, off_out = "", f"bits & {_OFF_GRID_BIT}", ""
         else:
             # SQLite has no BIT_OR: a SUM of distinct powers of two is the same number
             # (samples are unique per GPU and time; off-grid buckets, where two could share
             # a bit, are never read from the bitmap).
             bits = f"SUM(CAST(1 AS BIGINT) << CAST({pos} AS INTEGER))"
-            off_column, off_grid = f"MAX(ts %% {step}) AS off, ", "off"
+            off_column, off_grid, off_out = f"MAX(ts %% {step}) AS off, ", "off", ", off"
         in_group, group_params = _in_list("gpu_id", gpu_ids)
         if len(gpu_ids) == fleet_size:
             # Every GPU there is (a backlog, an import): no test of each sample's GPU
@@ -654,25 +674,36 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
                         ELSE 0 END,
                    bits & {_OFF_GRID_BIT - 1}, CASE WHEN n_sm > 0 THEN n_sm ELSE n_util END,
                    CASE WHEN n_sm > 0 THEN s_sm ELSE s_util / 100.0 END,
-                   idle_held %% 1000, idle_held / 1000, s_pow,
+                   n_idle, n_held, s_pow,
                    s_util / NULLIF(n_util, 0), util_max, s_sm / NULLIF(n_sm, 0),
                    s_mem / NULLIF(n_mem, 0), mem_max, s_pow / NULLIF(n_pow, 0), n_sm
             FROM (
-                SELECT gpu_id, (ts / {BUCKET_S}) * {BUCKET_S} AS b, COUNT(*) AS n,
-                       {off_column}{n_gr} AS n_gr, {bits} AS bits,
-                       -- Idle samples count 1, idle ones holding memory 1001: one sum
-                       -- carries both counts (a bucket has fewer than 1000 samples).
-                       SUM(CASE WHEN COALESCE(sm_active, util_pct / 100.0) < %s
-                                THEN CASE WHEN mem_used_mib > %s THEN 1001 ELSE 1 END
-                                ELSE 0 END) AS idle_held,
-                       SUM(util_pct) AS s_util, COUNT(util_pct) AS n_util,
-                       MAX(util_pct) AS util_max, SUM(sm_active) AS s_sm,
-                       COUNT(sm_active) AS n_sm, SUM(mem_used_mib) AS s_mem,
-                       COUNT(mem_used_mib) AS n_mem, MAX(mem_used_mib) AS mem_max,
-                       SUM(power_w) AS s_pow, COUNT(power_w) AS n_pow
-                FROM {raw}
-                WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
-                GROUP BY gpu_id, ts / {BUCKET_S}
+                SELECT gpu_id, b, n_gr, bits, s_util, util_max, s_sm, s_mem, mem_max, s_pow,
+                       {_unpacked("c1", "n", "n_util", "n_sm", "n_mem")},
+                       {_unpacked("c2", "n_pow", "n_idle", "n_held")}{off_out}
+                FROM (
+                    SELECT gpu_id, (ts / {BUCKET_S}) * {BUCKET_S} AS b,
+                           {off_column}{n_gr} AS n_gr, {bits} AS bits,
+                           -- Seven counts in two sums of {_COUNT_BITS}-bit fields (see
+                           -- _unpacked): the sample, util_pct, sm_active and mem_used_mib
+                           -- present; power_w present, idle, idle holding memory.
+                           SUM(1 + CASE WHEN util_pct IS NULL THEN 0 ELSE {_field(1)} END
+                               + CASE WHEN sm_active IS NULL THEN 0 ELSE {_field(2)} END
+                               + CASE WHEN mem_used_mib IS NULL THEN 0 ELSE {_field(3)} END)
+                           AS c1,
+                           SUM(CASE WHEN power_w IS NULL THEN 0 ELSE 1 END
+                               + CASE WHEN COALESCE(sm_active, util_pct / 100.0) < %s
+                                      THEN CASE WHEN mem_used_mib > %s
+                                                THEN {_field(1) + _field(2)}
+                                                ELSE {_field(1)} END
+                                      ELSE 0 END) AS c2,
+                           SUM(util_pct) AS s_util, MAX(util_pct) AS util_max,
+                           SUM(sm_active) AS s_sm, SUM(mem_used_mib) AS s_mem,
+                           MAX(mem_used_mib) AS mem_max, SUM(power_w) AS s_pow
+                    FROM {raw}
+                    WHERE ts >= {int(lo) - pad} AND ts < {int(hi) + pad} AND {in_group}
+                    GROUP BY gpu_id, ts / {BUCKET_S}
+                ) p
             ) r
             -- Sorted once here, in the 5-minute table's key order: the gap starters' window
             -- and the insert below then sort rows already in order (a pass each) instead
