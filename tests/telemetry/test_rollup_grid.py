@@ -168,6 +168,56 @@ def test_grid_path_hand_computed(settings):
     assert GpuRollup5m.objects.filter(gpu=gpu, bucket=T0 + 600).get().covered_s == 10
 
 
+def test_grid_path_counts_a_full_bucket_at_the_shortest_interval(settings):
+    """The counts are fields of two sums (``_unpacked``): a bucket as full as the grid path
+    takes them (60 samples at 5 s; 50 at 6 s on SQLite), every field counting in every
+    sample, reads back exact, and so does one where each field counts a different number."""
+    from django.db import connection
+
+    settings.FLOPWATCH_ROLLUP_GRID_PATH = "always"
+    interval = 5 if connection.vendor == "postgresql" else 6
+    per_bucket = 300 // interval
+    full, mixed = fleet(gpus=2, interval=interval)
+    # Every sample idle and holding memory, with util_pct, sm_active, memory and power.
+    samples(
+        full,
+        range(0, 300, interval),
+        util_pct=0.0,
+        sm_active=0.0,
+        mem_used_mib=4096.0,
+        power_w=100.0,
+    )
+    # No sm_active (activity from util_pct); power in every other sample, memory in every
+    # third; the first 10 samples idle, those of them with memory holding it.
+    samples(
+        mixed,
+        range(0, 300, interval),
+        util_pct=lambda o: 0.0 if o < 10 * interval else 80.0,
+        mem_used_mib=lambda o: 2048.0 if (o // interval) % 3 == 0 else None,
+        power_w=lambda o: 300.0 if (o // interval) % 2 == 0 else None,
+    )
+    # Both buckets and the empty ones after them, where the last samples' time runs on.
+    summary = rollups_run_pending(now=NOW)
+    assert summary["grid_rows"] == summary["gpu_rows"] == 4
+    row = r5(full, 0)
+    assert (row.samples, row.covered_s, row.idle_s, row.mem_held_idle_s) == (
+        per_bucket,
+        300,
+        300,
+        300,
+    )
+    assert (row.sm_active_mean, row.mem_used_mean_mib, row.power_mean_w) == (0.0, 4096.0, 100.0)
+    assert row.activity_source == "sm_active"
+    row = r5(mixed, 0)
+    held = len([k for k in range(10) if k % 3 == 0])
+    assert (row.samples, row.covered_s) == (per_bucket, 300)
+    assert (row.idle_s, row.mem_held_idle_s) == (10 * interval, held * interval)
+    assert row.util_mean == pytest.approx(80.0 * (per_bucket - 10) / per_bucket)
+    assert (row.sm_active_mean, row.mem_used_mean_mib, row.power_mean_w) == (None, 2048.0, 300.0)
+    assert row.energy_j == pytest.approx(300.0 * interval * len(range(0, per_bucket, 2)))
+    assert row.activity_source == "util"
+
+
 def test_parallel_workers_setting_reaches_postgresql(settings, postgres_only):
     from django.db import connection, transaction
 
