@@ -130,6 +130,26 @@ s an hour before). After sequential scans were switched off for those statements
 (7caa102), three rounds: full rollups 3.41-4.03 s, median 2,821,549 samples/s, ratios 42-46 %
 (median 43 %); beside the history 5.01 s; ticks 0.62-0.90 s, median 0.84 s.
 
+2026-12-07, night, the box slower again (ceilings 3.1-4.3 s): the grid pass's seven counts
+(the sample, util_pct, sm_active, mem_used_mib and power_w present, idle, idle holding
+memory) are now fields of two sums. In psql, interleaved runs, the aggregate alone over 5M
+samples took medians of 2.72-2.77 s against 2.90-2.99 s, the whole CREATE TABLE AS 2.99 s
+against 3.14 s; four alternating pairs of full rollups could not tell them apart (the old
+code 45-49 %, the new 43-47 %). One run of five rounds: full rollups 8.45-10.26 s, median
+1,113,033 samples/s (964,280 in the slowest round); ratios 37-48 %, median 47 % (44 % to the
+fastest single run); beside 30 days of history 10.71 s; ticks 1.23-1.44 s, median 1.30 s.
+Per part, from the statement log of one round (about 7.4 s): claim 0.55 s (the DELETE of its
+167,000 marks 0.3 of it), preparation 0.2, aggregate 3.1-3.5, gap starters 1.0 (window and
+peel 0.3, reads by key 0.55, their sums 0.15), 5-minute insert 1.2-1.3, hourly rows 0.6; the
+coordinator 0.1 before and 0.45 after (capacity's busy seconds 0.23 of it). The insert is
+mostly the write: 167,000 rows copied into an empty copy of the table take 0.74-0.92 s,
+0.34-0.53 s unlogged and 0.35-0.42 s logged without the key, so the key's WAL doubles it;
+written by two connections at once, part 2's rows in descending GPU order instead of
+ascending made no difference (1.35-1.44 s for both, the key 16-17 MB either way). Tried and
+dropped: ARRAY_AGG of a column in the pass, to read gap starters from it instead of by key,
+added 2 s; JIT without LLVM optimization, 3.75 s against 3.28 s for the pass (without JIT
+4.37 s).
+
 Where the time went on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s,
 preparation 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key),
 5-minute insert 1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the
