@@ -97,6 +97,9 @@ def _pg() -> bool:
 
 _TEMP_TABLES = {
     "fw_claim": "gpu_id bigint, bucket bigint, marked_at {ts}",
+    # Claimed marks of one GPU forming one unbroken run of ``n`` buckets from ``lo`` to
+    # ``hi`` (bucket starts), held as that run instead of row by row (see _split_run).
+    "fw_run": "gpu_id bigint, lo bigint, hi bigint, n bigint",
     "fw_gpu": "gpu_id bigint PRIMARY KEY, cap bigint, mig integer",
     "fw_isl": "gpu_id bigint, tlo bigint, thi bigint",
     "fw_src": "gpu_id bigint, bucket bigint",
@@ -224,39 +227,46 @@ def _analyze(cursor, *names: str) -> None:
             cursor.execute(f"ANALYZE {name}")
 
 
-def _islands_build(cursor, *, src: str, dst: str, pad: int, gap: int) -> None:
+def _islands_build(
+    cursor, *, src: str, dst: str, pad: int, gap: int, runs: str | None = None
+) -> None:
     """Collapse (gpu_id, bucket) rows of ``src`` into per-GPU ranges [tlo, thi) widened by
     ``pad`` seconds each side; buckets closer than ``gap`` fall into one range (the buckets
     between them are recomputed too, which keeps the read ranges of two islands apart).
-    ``src`` holds each (gpu_id, bucket) once; ``dst`` starts empty."""
+    ``src`` holds each (gpu_id, bucket) once; ``runs`` (gpu_id, lo, hi, n), when given,
+    adds unbroken runs of buckets, none of them in ``src`` as well; ``dst`` starts empty."""
+    spans = f"SELECT gpu_id, bucket AS lo, bucket AS hi, 1 AS n FROM {src}"
+    if runs is not None:
+        spans += f" UNION ALL SELECT gpu_id, lo, hi, n FROM {runs}"
     # Most GPUs have one unbroken run of buckets, or all of theirs within ``gap`` (a
     # backlog, an import, the newest buckets): a GROUP BY finds those, and only the rest are
     # sorted by bucket to be cut into islands (334,000 claimed buckets: 0.7 s -> 0.2 s).
     cursor.execute(
         f"""
         INSERT INTO {dst} (gpu_id, tlo, thi)
-        SELECT gpu_id, MIN(bucket) - %s, MAX(bucket) + {BUCKET_S} + %s
-        FROM {src}
+        SELECT gpu_id, MIN(lo) - %s, MAX(hi) + {BUCKET_S} + %s
+        FROM ({spans}) s
         GROUP BY gpu_id
-        HAVING MAX(bucket) - MIN(bucket) <= %s
-            OR COUNT(*) * {BUCKET_S} = MAX(bucket) - MIN(bucket) + {BUCKET_S}
+        HAVING MAX(hi) - MIN(lo) <= %s OR SUM(n) * {BUCKET_S} = MAX(hi) - MIN(lo) + {BUCKET_S}
         """,
         [pad, pad, gap],
     )
+    # The spans of one GPU are disjoint, so in order of their starts each one's end is the
+    # largest yet.
     cursor.execute(
         f"""
         INSERT INTO {dst} (gpu_id, tlo, thi)
-        SELECT gpu_id, MIN(bucket) - %s, MAX(bucket) + {BUCKET_S} + %s
+        SELECT gpu_id, MIN(lo) - %s, MAX(hi) + {BUCKET_S} + %s
         FROM (
-            SELECT gpu_id, bucket,
-                   SUM(brk) OVER (PARTITION BY gpu_id ORDER BY bucket
+            SELECT gpu_id, lo, hi,
+                   SUM(brk) OVER (PARTITION BY gpu_id ORDER BY lo
                                   ROWS UNBOUNDED PRECEDING) AS grp
             FROM (
-                SELECT gpu_id, bucket,
-                       CASE WHEN bucket - LAG(bucket) OVER (PARTITION BY gpu_id ORDER BY bucket)
+                SELECT gpu_id, lo, hi,
+                       CASE WHEN lo - LAG(hi) OVER (PARTITION BY gpu_id ORDER BY lo)
                                  <= %s THEN 0 ELSE 1 END AS brk
-                FROM (SELECT DISTINCT gpu_id, bucket FROM {src} s
-                      WHERE NOT EXISTS (SELECT 1 FROM {dst} o WHERE o.gpu_id = s.gpu_id)) d
+                FROM ({spans}) s
+                WHERE NOT EXISTS (SELECT 1 FROM {dst} o WHERE o.gpu_id = s.gpu_id)
             ) x
         ) y
         GROUP BY gpu_id, grp
@@ -1781,14 +1791,25 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
                 # join to release them): nothing marks such a bucket again but late data,
                 # whose writer then waits for this part to commit. Newer marks are marked
                 # again by every agent push, so they are released at the end, and a push
-                # never waits for long.
+                # never waits for long. A GPU whose deleted marks form one unbroken run (a
+                # backlog, an import) is kept as that run, the others' marks row by row:
+                # 167,000 marks, 0.25 s instead of 0.39 s.
                 settled = min(inner_hi, now_ts - now_ts % HOUR_S - HOUR_S)
                 cursor.execute(
                     f"""WITH taken AS (
                           DELETE FROM {pending} WHERE bucket >= %s AND bucket < %s
-                          RETURNING gpu_id, bucket, marked_at)
-                        INSERT INTO fw_claim (gpu_id, bucket, marked_at)
-                        SELECT gpu_id, bucket, marked_at FROM taken""",
+                          RETURNING gpu_id, bucket),
+                        runs AS (
+                          SELECT gpu_id, MIN(bucket) AS lo, MAX(bucket) AS hi, COUNT(*) AS n,
+                                 CASE WHEN COUNT(*) * {BUCKET_S} = MAX(bucket) - MIN(bucket)
+                                           + {BUCKET_S} THEN 1 ELSE 0 END AS whole
+                          FROM taken GROUP BY gpu_id),
+                        kept AS (
+                          INSERT INTO fw_run (gpu_id, lo, hi, n)
+                          SELECT gpu_id, lo, hi, n FROM runs WHERE whole = 1)
+                        INSERT INTO fw_claim (gpu_id, bucket)
+                        SELECT t.gpu_id, t.bucket FROM taken t
+                        JOIN runs r ON r.gpu_id = t.gpu_id AND r.whole = 0""",
                     [inner_lo, settled],
                 )
                 # And the others whose reach touches this part, boundary marks on either
@@ -1799,7 +1820,7 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
                     "WHERE bucket >= %s AND bucket < %s",
                     [max(lo - kb, first), min(hi + kb, end)],
                 )
-                _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=gap)
+                _islands_build(cursor, src="fw_claim", dst="fw_isl", pad=kb, gap=gap, runs="fw_run")
                 cursor.execute("DELETE FROM fw_isl WHERE thi <= %s OR tlo >= %s", [lo, hi])
                 cursor.execute("UPDATE fw_isl SET tlo = %s WHERE tlo < %s", [lo, lo])
                 cursor.execute("UPDATE fw_isl SET thi = %s WHERE thi > %s", [hi, hi])
@@ -1810,8 +1831,10 @@ def _split_run(*, plan: dict, now_ts: int, tick: bool, horizon: int) -> dict:
                 mark = time.perf_counter()
                 if settled < inner_hi:
                     _release(cursor, lo=max(inner_lo, settled), hi=inner_hi)
+                # The runs lie inside the part, between its boundary marks.
                 cursor.execute(
-                    "SELECT COUNT(*) FROM fw_claim WHERE bucket >= %s AND bucket < %s",
+                    "SELECT (SELECT COUNT(*) FROM fw_claim WHERE bucket >= %s AND bucket < %s)"
+                    " + (SELECT COALESCE(SUM(n), 0) FROM fw_run)",
                     [max(lo, first), min(hi, end)],
                 )
                 result["buckets"] = int(cursor.fetchone()[0])

@@ -80,6 +80,34 @@ def test_split_run_gives_the_rows_of_an_unsplit_one(settings, pg_committed, mode
         assert rounded_snapshot() == whole
 
 
+def test_split_run_recomputes_marks_with_holes_beside_unbroken_runs(settings, pg_committed):
+    """A part keeps a GPU's claimed marks as one run when they are unbroken and bucket by
+    bucket when not: islands of both kinds, here beside each other, give the same rows."""
+    marks, whole = _reference(settings, 11)
+    settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
+    rollups.rollups_run_pending(now=NOW)
+    assert rounded_snapshot() == whole
+    by_gpu: dict[int, list[int]] = {}
+    for gpu_id, bucket in sorted(marks):
+        by_gpu.setdefault(gpu_id, []).append(bucket)
+    holed = min(by_gpu)
+    # Every eighth bucket of one GPU (islands far apart), all the buckets of the others;
+    # the stale rows of the marked buckets are spoiled, so each must be recomputed.
+    chosen = {(g, b) for g, buckets in by_gpu.items() for b in buckets if g != holed}
+    chosen |= {(holed, b) for b in by_gpu[holed][::8]}
+    spoiled = 0
+    for gpu_id, bucket in chosen:
+        spoiled += GpuRollup5m.objects.filter(gpu_id=gpu_id, bucket=bucket).update(busy_s=-1.0)
+    assert spoiled > 0
+    rollup_pending_mark(pairs=chosen)
+    _split_settings(settings, 2)
+    summary = rollups.rollups_run_pending(now=NOW)
+    assert summary["parts"] == 2
+    assert summary["buckets"] == len(chosen)
+    assert not RollupPending.objects.exists()
+    assert rounded_snapshot() == whole
+
+
 def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
     _, whole = _reference(settings, 8)
     _split_settings(settings, 2)
