@@ -410,11 +410,14 @@ def _buckets_mark(*, gpu_ids: np.ndarray, ts: np.ndarray, interval_s: float) -> 
         return
     # The same rows as rollup_pending_mark, as one statement with two array parameters:
     # on the hot path the ORM's per-row objects and SQL cost more than the insert itself.
+    # A bucket already marked gets the newer marked_at, as there: a rollup that claimed the
+    # mark before these samples were committed then keeps it for the next run instead of
+    # releasing it (DO NOTHING lost the last push into a bucket that a tick was rolling up).
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {RollupPending._meta.db_table} (gpu_id, bucket, marked_at) "  # noqa: S608
             "SELECT g, b, now() FROM unnest(%s::bigint[], %s::bigint[]) AS t(g, b) "
-            "ON CONFLICT DO NOTHING",
+            "ON CONFLICT (gpu_id, bucket) DO UPDATE SET marked_at = excluded.marked_at",
             [gpu_col, bucket_col],
         )
 
