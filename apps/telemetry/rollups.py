@@ -790,6 +790,8 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
         FROM fw_pisl s JOIN fw_isl0 o ON o.gpu_id = s.gpu_id AND s.tlo < o.thi AND s.thi > o.tlo
         """
     )
+    # Whether any of the grid GPUs' buckets are left to the exact statement (usually none).
+    any_exact = _rows_inserted(cursor) > 0
     _analyze(cursor, "fw_isl")
     # Gap starters: occupied points whose next point (the next bucket's first for the last
     # one) is empty, read from the bitmap of clean buckets followed by a clean one.
@@ -899,6 +901,9 @@ def _grid_5m_insert(cursor, *, pad: int, gap: int) -> int:
     """
     outside_exact = """NOT EXISTS (SELECT 1 FROM fw_isl i WHERE i.gpu_id = {a}.gpu_id
                        AND {b} >= i.tlo AND {b} < i.thi)"""
+    if not any_exact:
+        # fw_isl holds only other GPUs' islands, which no row here falls in.
+        outside_exact = "1 = 1"
     table = _t(GpuRollup5m)
     # Every bucket with samples that takes the grid path: its own sums plus its gap
     # starters'. A clean bucket has sm_active in all of its samples or in none, so its
