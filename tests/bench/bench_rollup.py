@@ -150,6 +150,31 @@ dropped: ARRAY_AGG of a column in the pass, to read gap starters from it instead
 added 2 s; JIT without LLVM optimization, 3.75 s against 3.28 s for the pass (without JIT
 4.37 s).
 
+2026-12-08, the box faster again (ceilings 2.8-3.5 s, 1 parallel worker and JIT in most
+rounds), after five changes: a part keeps a GPU's settled marks as one run when they are
+unbroken instead of copying them row by row into its claim (alone in psql, 167,000 marks
+0.25 s instead of 0.39; with both parts deleting at once each still takes 0.25-0.41 s); the
+grid path's 5-minute insert without ORDER BY (its hash joins keep fw_agg's key order); the
+capacity rows' busy seconds read by each part for its own time range, beside the other,
+instead of by the coordinator afterwards (its tail after the parts 0.10 s instead of
+0.30-0.37, each part 0.09-0.14 s more); each bucket's gap starters computed in the grid
+pass's own sort (LEAD of the next bucket's bitmap) instead of a second window over fw_agg
+(that statement 0.11-0.16 s per part instead of 0.25-0.37); and no anti-join with the exact
+islands when the grid GPUs left none. Four runs of five rounds, the first three before the
+last two changes: full rollups 6.31-7.66, 6.11-7.03, 5.45-7.33 and 6.06-7.41 s, medians
+1,443,795, 1,439,629, 1,465,329 and 1,432,179 samples/s; ratios 42-50 %, 43-53 %, 43-52 %
+and 38-54 %, medians 49 %, 47 %, 49.6 % and 49 % (to the fastest single run 45 %, 44 %,
+48 % and 46 %); beside 30 days of history 7.28 s, ticks 0.94-1.18 s (median 0.96 s). So the
+target is now met in about half the rounds and missed by the median. What separates the
+rounds is mostly the rollup's own spread, not the box's: the two parts end 0.3-0.9 s apart
+(ten rounds timed per part: mean 0.62 s), the slower one not always the same, and a core
+waits that long. Tried and dropped that day: the seven counts in one packed sum of 6-bit
+fields (a bucket on the grid holds at most 60 samples) as float8 or bigint, 2.39-2.53 s
+against 2.53-2.59 s for 5M samples in psql and the other way round in the backend's CPU
+time, no difference to tell; grouping by one bigint key (gpu_id * 2^25 + ts / 300) instead
+of the two columns, 2.62 s against 2.10 s; an index on the marks' bucket for the parts'
+DELETEs, 0.37-0.51 s against 0.43-0.53 s, within the noise.
+
 Where the time went on 2026-12-04, per part (PostgreSQL's statement log): claim 0.25 s,
 preparation 0.15, aggregate 2.3, gap starters 0.5 (half of it the 52,000 reads by key),
 5-minute insert 1.0 (about 0.55 of it the write itself), allocation boundaries 0.2 (the
