@@ -160,12 +160,14 @@ instead of by the coordinator afterwards (its tail after the parts 0.10 s instea
 0.30-0.37, each part 0.09-0.14 s more); each bucket's gap starters computed in the grid
 pass's own sort (LEAD of the next bucket's bitmap) instead of a second window over fw_agg
 (that statement 0.11-0.16 s per part instead of 0.25-0.37); and no anti-join with the exact
-islands when the grid GPUs left none. Four runs of five rounds, the first three before the
-last two changes: full rollups 6.31-7.66, 6.11-7.03, 5.45-7.33 and 6.06-7.41 s, medians
-1,443,795, 1,439,629, 1,465,329 and 1,432,179 samples/s; ratios 42-50 %, 43-53 %, 43-52 %
-and 38-54 %, medians 49 %, 47 %, 49.6 % and 49 % (to the fastest single run 45 %, 44 %,
-48 % and 46 %); beside 30 days of history 7.28 s, ticks 0.94-1.18 s (median 0.96 s). So the
-target is now met in about half the rounds and missed by the median. What separates the
+islands when the grid GPUs left none. Five runs of five rounds, the first three before the
+last two changes: full rollups 6.31-7.66, 6.11-7.03, 5.45-7.33, 6.06-7.41 and 6.41-8.65 s,
+medians 1,443,795, 1,439,629, 1,465,329, 1,432,179 and 1,375,923 samples/s; ratios 42-50 %,
+43-53 %, 43-52 %, 38-54 % and 38-54 %, medians 49 %, 47 %, 49.6 %, 49 % and 39 % (to the
+fastest single run 45 %, 44 %, 48 %, 46 % and 37 %; in the last run the ceiling fell to
+2.45-2.94 s in three rounds while the rollups did not); beside 30 days of history 7.28 and
+6.83 s, ticks 0.94-1.18 s and 0.69-0.83 s (medians 0.96 and 0.75 s). So the target is met
+in about a third of the rounds and missed by every run's median. What separates the
 rounds is mostly the rollup's own spread, not the box's: the two parts end 0.3-0.9 s apart
 (ten rounds timed per part: mean 0.62 s), the slower one not always the same, and a core
 waits that long. Tried and dropped that day: the seven counts in one packed sum of 6-bit
