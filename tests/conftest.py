@@ -61,6 +61,13 @@ def postgres_only(db):
 
 
 @pytest.fixture
+def postgres_committed(transactional_db):
+    """PostgreSQL with committed transactions: for tests whose work runs on connections of
+    its own (a split rollup's parts, a push beside a running rollup)."""
+    require(database_is_postgres(), "this test needs PostgreSQL (set DATABASE_URL)")
+
+
+@pytest.fixture
 def redis_url() -> str:
     from django.conf import settings
 

@@ -8,22 +8,17 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-import pytest
 from django.db import connection
 
 from apps.telemetry import rollups
 from apps.telemetry.models import GpuRollup5m, RollupPending
 from apps.telemetry.services import gpu_samples_ingest
-from tests.conftest import database_is_postgres, require
 from tests.telemetry.ingest_helpers import make_batch, node_with_token
 
 
-@pytest.fixture
-def pg_committed(transactional_db):
-    require(database_is_postgres(), "this test needs PostgreSQL (set DATABASE_URL)")
-
-
-def test_a_push_during_a_rollup_is_counted_by_the_next_one(settings, pg_committed, monkeypatch):
+def test_a_push_during_a_rollup_is_counted_by_the_next_one(
+    settings, postgres_committed, monkeypatch
+):
     settings.FLOPWATCH_ROLLUP_CONNECTIONS = 1
     now = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
     bucket = int(now.timestamp()) - 3600

@@ -23,16 +23,11 @@ from apps.telemetry.models import (
     UsageHourly,
 )
 from apps.telemetry.pending import rollup_pending_mark
-from tests.conftest import database_is_postgres, require, test_database_url
+from tests.conftest import test_database_url
 from tests.telemetry.test_rollup_grid import _random_fleet
 from tests.telemetry.test_rollup_helpers import NOW, T0, rounded_snapshot
 
 DAY0 = dt.date(1970, 1, 1) + dt.timedelta(days=T0 // 86400)
-
-
-@pytest.fixture
-def pg_committed(transactional_db):
-    require(database_is_postgres(), "this test needs PostgreSQL (set DATABASE_URL)")
 
 
 def _marks() -> set[tuple[int, int]]:
@@ -65,7 +60,7 @@ def _split_settings(settings, connections: int) -> None:
 
 
 @pytest.mark.parametrize("mode", ["never", "always"])
-def test_split_run_gives_the_rows_of_an_unsplit_one(settings, pg_committed, mode):
+def test_split_run_gives_the_rows_of_an_unsplit_one(settings, postgres_committed, mode):
     settings.FLOPWATCH_ROLLUP_GRID_PATH = mode
     marks, whole = _reference(settings, 7)
     for connections in (2, 3):
@@ -80,7 +75,7 @@ def test_split_run_gives_the_rows_of_an_unsplit_one(settings, pg_committed, mode
         assert rounded_snapshot() == whole
 
 
-def test_split_run_recomputes_marks_with_holes_beside_unbroken_runs(settings, pg_committed):
+def test_split_run_recomputes_marks_with_holes_beside_unbroken_runs(settings, postgres_committed):
     """A part keeps a GPU's claimed marks as one run when they are unbroken and bucket by
     bucket when not: islands of both kinds, here beside each other, give the same rows."""
     marks, whole = _reference(settings, 11)
@@ -108,7 +103,7 @@ def test_split_run_recomputes_marks_with_holes_beside_unbroken_runs(settings, pg
     assert rounded_snapshot() == whole
 
 
-def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
+def test_split_run_in_chunks_of_whole_hours(settings, postgres_committed):
     _, whole = _reference(settings, 8)
     _split_settings(settings, 2)
     # About an hour and a half of marks per chunk: each chunk takes whole hours.
@@ -119,7 +114,7 @@ def test_split_run_in_chunks_of_whole_hours(settings, pg_committed):
 
 
 def test_split_run_failing_after_a_part_committed_leaves_its_work_marked(
-    settings, pg_committed, monkeypatch
+    settings, postgres_committed, monkeypatch
 ):
     _, whole = _reference(settings, 9)
     total = RollupPending.objects.count()
@@ -172,7 +167,7 @@ def test_split_run_failing_after_a_part_committed_leaves_its_work_marked(
     assert rounded_snapshot() == whole
 
 
-def test_pending_days_are_rewritten_by_the_next_run(settings, pg_committed):
+def test_pending_days_are_rewritten_by_the_next_run(settings, postgres_committed):
     """Day marks left by a split run that died are consumed by any later run, even one with
     no bucket to recompute and a clock past the day."""
 
