@@ -1656,11 +1656,12 @@ def _clock_days(*, now_ts: int, tick: bool) -> set[int]:
     return {today, today - 1}
 
 
+def _day_number(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days
+
+
 def _days_marked() -> set[int]:
-    return {
-        (day - dt.date(1970, 1, 1)).days
-        for day in RollupPendingDay.objects.values_list("day", flat=True)
-    }
+    return {_day_number(day) for day in RollupPendingDay.objects.values_list("day", flat=True)}
 
 
 def _days_write(
@@ -1671,7 +1672,7 @@ def _days_write(
     ``busy``: see ``_capacity_daily_recompute``."""
     days = set(days)
     marked = list(RollupPendingDay.objects.values_list("day", flat=True))
-    days |= {(day - dt.date(1970, 1, 1)).days for day in marked}
+    days |= {_day_number(day) for day in marked}
     _usage_daily_recompute(days=days)
     _capacity_daily_recompute(days=days, now_ts=now_ts, busy=busy)
     if marked:
